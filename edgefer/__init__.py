@@ -1,0 +1,27 @@
+"""edgefer: fused face detection + emotion classification for edge devices.
+
+The runtime never imports torch. Python API mirrors the CLI::
+
+    import edgefer
+    pipe = edgefer.Pipeline()                 # bundled detector + classifier
+    for result in pipe.run("video.mp4"):
+        for face in result.faces:
+            print(result.frame, face.emotion, face.confidence)
+"""
+
+__version__ = "0.1.0"
+
+from .artifact import load as load_artifact  # noqa: E402
+from .errors import EdgeferError  # noqa: E402
+
+
+def __getattr__(name):  # lazy: keep `import edgefer` light
+    if name in ("Pipeline", "FrameResult", "Face"):
+        from . import pipeline
+
+        return getattr(pipeline, name)
+    if name == "load":
+        from .backends import open_backend
+
+        return open_backend
+    raise AttributeError(name)

@@ -1,0 +1,1 @@
+"""edgefer.train: the torch model zoo and training. Build-side only; imports torch."""
