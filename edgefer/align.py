@@ -1,0 +1,120 @@
+"""Face crops for the classifier: one affine warp per face, straight from the frame.
+
+Each face is cut as a square of side ``scale * max(box w, box h)`` centred on its box, rotated
+so that the eyes are level when landmarks are known (``align: "eyes"``), and resampled directly
+to the classifier's input size. One ``cv2.warpAffine`` per face does crop, rotation and resize
+at once, reading only the pixels it needs, so no intermediate crop is allocated. Faces near the
+border are padded by replicating edge pixels (FER2013-style crops have no black bars).
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+from .artifact import InputSpec
+
+DEFAULT_CROP = {"scale": 1.2, "align": "eyes"}
+
+
+def to_color(frame: np.ndarray, color: str, cache: dict | None = None) -> np.ndarray:
+    """The frame in the colour a model wants (frames are BGR or gray); ``cache`` reuses conversions."""
+    if cache is not None and color in cache:
+        return cache[color]
+    if frame.ndim == 2:
+        out = frame if color == "gray" else cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR if color == "bgr" else cv2.COLOR_GRAY2RGB)
+    elif color == "gray":
+        out = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+    elif color == "rgb":
+        out = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+    else:
+        out = frame
+    if cache is not None:
+        cache[color] = out
+    return out
+
+
+def face_affine(box: np.ndarray, landmarks: np.ndarray | None, out_size: tuple[int, int], scale: float, align: bool) -> np.ndarray:
+    """2x3 matrix mapping frame pixels to crop pixels for one face."""
+    x1, y1, x2, y2 = (float(v) for v in box[:4])
+    cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0
+    side = max(x2 - x1, y2 - y1, 1.0) * scale
+    angle = 0.0
+    if align and landmarks is not None:
+        (lx, ly), (rx, ry) = landmarks[0], landmarks[1]
+        if rx - lx > 1e-3:  # a sensible eye pair (left eye on the image left)
+            angle = math.degrees(math.atan2(ry - ly, rx - lx))
+    oh, ow = out_size
+    s = ow / side
+    # rotate about the face centre by -angle (so the eyes come out level), scale, then centre in the crop
+    m = cv2.getRotationMatrix2D((cx, cy), angle, s)
+    m[0, 2] += ow / 2.0 - cx
+    m[1, 2] += oh / 2.0 - cy
+    if oh != ow:  # non-square inputs: stretch vertically to fill
+        m[1] *= oh / ow
+    return m
+
+
+def crop_faces(
+    frame: np.ndarray,
+    boxes: np.ndarray,
+    landmarks: np.ndarray | None,
+    spec: InputSpec,
+    crop: dict | None = None,
+    out: np.ndarray | None = None,
+    color_cache: dict | None = None,
+) -> np.ndarray:
+    """A batch of face crops laid out and typed as ``spec`` wants, ready for a backend.
+
+    ``out`` may be a preallocated uint8 buffer of shape (>=K, H, W, C) reused across frames.
+    """
+    crop = {**DEFAULT_CROP, **(crop or {})}
+    h, w = spec.size
+    c = spec.channels
+    k = len(boxes)
+    img = to_color(frame, spec.color, color_cache)
+    if out is None or out.shape[0] < k or out.shape[1:] != (h, w, c):
+        out = np.empty((max(k, 1), h, w, c), np.uint8)
+    align = crop.get("align", "eyes") == "eyes"
+    for i in range(k):
+        m = face_affine(boxes[i], None if landmarks is None else landmarks[i], (h, w), float(crop["scale"]), align)
+        dst = out[i] if c > 1 else out[i, :, :, 0]
+        cv2.warpAffine(img, m, (w, h), dst=dst, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return layout(out[:k], spec)
+
+
+def layout(crops: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """uint8 NHWC crops -> the dtype, normalisation and layout of ``spec``."""
+    x = crops
+    if spec.dtype == "float32":
+        mean = np.asarray(spec.mean, np.float32)
+        std = np.asarray(spec.std, np.float32)
+        x = (x.astype(np.float32) - mean) / std
+    if spec.layout == "NCHW":
+        x = x.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(x)
+
+
+def resize_faces(images: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """Dataset face images (N,H,W) or (N,H,W,C) uint8, already cropped -> model input batch.
+
+    Used for accuracy measurement and calibration on datasets such as FER2013, whose images are
+    already face crops.
+    """
+    h, w = spec.size
+    c = spec.channels
+    n = len(images)
+    out = np.empty((n, h, w, c), np.uint8)
+    for i, im in enumerate(images):
+        if im.ndim == 2 and c == 3:
+            im = cv2.cvtColor(im, cv2.COLOR_GRAY2BGR if spec.color == "bgr" else cv2.COLOR_GRAY2RGB)
+        elif im.ndim == 3 and im.shape[2] == 3 and c == 1:
+            im = cv2.cvtColor(im, cv2.COLOR_BGR2GRAY)
+        elif im.ndim == 3 and im.shape[2] == 3 and spec.color == "rgb":
+            im = cv2.cvtColor(im, cv2.COLOR_BGR2RGB)
+        if im.shape[:2] != (h, w):
+            im = cv2.resize(im, (w, h), interpolation=cv2.INTER_LINEAR)
+        out[i] = im.reshape(h, w, c)
+    return layout(out, spec)

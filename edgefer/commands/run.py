@@ -1,0 +1,155 @@
+"""`edgefer run`: the fused detect -> classify loop on a camera, video, image, folder or URL."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import Counter, defaultdict
+
+import click
+
+from ..artifact import DEFAULT_CLASSIFIER, DEFAULT_DETECTOR
+from ..errors import EdgeferError
+
+
+def _fmt_ms(p: dict | None) -> str:
+    return f"{p['p50']:.1f} / {p['p99']:.1f}" if p else "-"
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("source", required=False)
+@click.option("--camera", type=int, default=None, metavar="N", help="Camera index (same as SOURCE=N).")
+@click.option("--demo", is_flag=True, help="Run on a built-in clip made from scikit-image's astronaut photo.")
+@click.option("-o", "--output", type=click.Path(dir_okay=True), default=None, help="Annotated output: video (.mp4/.avi), image (.jpg/.png) or, for a folder source, a folder.")
+@click.option("--events", type=click.Path(), default=None, help="JSON Lines file, one line per frame ('-' for stdout).")
+@click.option("--display/--no-display", default=None, help="Show a window (default: only where a screen exists).")
+@click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Stop after N frames.")
+@click.option("--detector", default=DEFAULT_DETECTOR, show_default=True, help="Detector: bundled name or artifact path.")
+@click.option("--classifier", default=DEFAULT_CLASSIFIER, show_default=True, help="Classifier: bundled name or artifact path.")
+@click.option("--backend", default="auto", show_default=True, help="auto, onnxruntime, openvino, tensorrt, coreml.")
+@click.option("--providers", default=None, help="ONNX Runtime execution providers, comma separated (default: best available).")
+@click.option("--device", default=None, help="Device for OpenVINO (CPU, GPU, NPU, AUTO) or TensorRT (GPU index).")
+@click.option("--det-size", type=click.IntRange(min=0), default=640, show_default=True, help="Long side the frame is resized to for detection (0: native).")
+@click.option("--conf", "conf_thresh", type=click.FloatRange(0, 1), default=None, help="Face detection threshold.")
+@click.option("--smoothing", type=click.FloatRange(0, 0.99), default=0.5, show_default=True, help="Weight of the past in each track's emotion average (0: none).")
+@click.option("--threads", type=click.IntRange(min=0), default=0, help="Threads per runtime (0: runtime default).")
+@click.option("--summary", "summary_path", type=click.Path(), default=None, help="Write the run summary as JSON.")
+@click.pass_context
+def run(ctx, source, camera, demo, output, events, display, max_frames, detector, classifier, backend, providers, device,
+        det_size, conf_thresh, smoothing, threads, summary_path):
+    """Detect faces and classify their emotions.
+
+    \b
+    SOURCE: a video file, an image, a folder of images, a stream URL or a camera index.
+    Examples:
+      edgefer run --demo -o demo.mp4
+      edgefer run --camera 0
+      edgefer run clip.mp4 --output annotated.mp4 --events faces.jsonl --no-display
+      edgefer run photos/ --output annotated/ --classifier my_int8_artifact/
+    """
+    from ..pipeline import Pipeline
+    from ..sinks import AnnotatedOutput, Display, EventWriter, annotate, screen_available
+    from ..sources import open_source
+
+    quiet = (ctx.obj or {}).get("quiet", False)
+    src = open_source(source, camera=camera, demo=demo)
+    opts = {}
+    if providers:
+        opts["providers"] = providers
+    if device:
+        opts["device"] = device
+    try:
+        pipe = Pipeline(detector, classifier, backend=backend, det_size=det_size or None, conf_thresh=conf_thresh,
+                        smoothing=smoothing, threads=threads or None, **opts)
+    except BaseException:
+        src.close()
+        raise
+    if display is None:
+        display = screen_available()
+    elif display and not screen_available():
+        click.echo("edgefer: no screen (or OpenCV without GUI): running without a window", err=True)
+        display = False
+    sink = AnnotatedOutput(output, src.kind, src.fps) if output else None
+    ev = EventWriter(events) if events else None
+    win = Display() if display else None
+    live_status = not quiet and sys.stderr.isatty()
+    per_track: dict[int, Counter] = defaultdict(Counter)
+    image_lines = []
+    last_status = 0.0
+    stopped = False
+    try:
+        for r in pipe.run(src, max_frames=max_frames):
+            if ev:
+                ev.write(r)
+            for f in r.faces:
+                per_track[f.track][f.emotion] += 1
+            if src.kind in ("image", "folder"):
+                faces = ", ".join(f"{f.emotion} {f.confidence:.2f} [{', '.join(str(int(v)) for v in f.box)}]" for f in r.faces)
+                image_lines.append(f"{r.name}: {len(r.faces)} face{'s' if len(r.faces) != 1 else ''}" + (f": {faces}" if faces else ""))
+            if sink or win:
+                img = annotate(r.image.copy() if win and sink is None else r.image, r, pipe.stats.fps() if src.kind not in ("image", "folder") else None)
+                if sink:
+                    sink.write(img, r)
+                if win and not win.show(img):
+                    stopped = True
+                    break
+            now = time.perf_counter()
+            if live_status and now - last_status > 0.5:
+                last_status = now
+                total = f"/{src.total}" if src.total else ""
+                click.echo(f"\rframe {pipe.stats.frames}{total}  {pipe.stats.fps():6.1f} fps  faces {len(r.faces):3d}  dropped {src.dropped}   ",
+                           err=True, nl=False)
+    except KeyboardInterrupt:
+        stopped = True
+    finally:
+        if live_status:
+            click.echo("", err=True)
+        if sink:
+            sink.close()
+        if ev:
+            ev.close()
+        if win:
+            win.close()
+    stats = pipe.stats
+    if stats.frames == 0:
+        why = f" ({src.skipped[0][1]})" if src.skipped else ""
+        raise EdgeferError(f"no frame could be read from {src.describe()}{why}")
+    summary = {
+        "source": src.describe(),
+        "frames": stats.frames,
+        "faces": stats.faces,
+        "fps": round(stats.fps(), 2),
+        "dropped_frames": src.dropped,
+        "skipped": [{"file": n, "reason": why} for n, why in src.skipped],
+        "latency_ms": {k: {kk: round(vv, 3) for kk, vv in v.items()} for k, v in stats.percentiles().items()},
+        "detector": pipe.detector.backend.info() | {"artifact": pipe.detector.backend.artifact.describe()},
+        "classifier": pipe.classifier.backend.info() | {"artifact": pipe.classifier.backend.artifact.describe()},
+        "stopped_early": stopped,
+        "source_error": getattr(src, "error", None),
+    }
+    if summary_path:
+        with open(summary_path, "w") as f:
+            json.dump(summary, f, indent=2)
+    for line in image_lines:
+        click.echo(line)
+    if src.kind not in ("image", "folder"):
+        for tid in sorted(per_track, key=lambda t: -sum(per_track[t].values()))[:10]:
+            c = per_track[tid]
+            n = sum(c.values())
+            top = ", ".join(f"{e} {100 * k / n:.0f}%" for e, k in c.most_common(3))
+            click.echo(f"track #{tid}: {n} frames: {top}")
+    p = stats.percentiles()
+    click.echo(
+        f"{stats.frames} frames, {stats.faces} faces, {stats.fps():.1f} fps end to end"
+        + (f", {src.dropped} dropped" if src.live or src.dropped else "")
+        + (f", {len(src.skipped)} skipped" if src.skipped else "")
+    )
+    if not quiet:
+        click.echo("latency ms p50 / p99: " + "  ".join(f"{k} {_fmt_ms(p.get(k))}" for k in ("decode", "detect", "classify", "track", "total")))
+        if output:
+            click.echo(f"annotated output: {output}")
+        if events:
+            click.echo(f"events: {events} ({ev.lines} lines)")
+    if getattr(src, "error", None):
+        click.echo(f"edgefer: warning: the source stopped with an error after {stats.frames} frames: {src.error}", err=True)

@@ -1,0 +1,152 @@
+"""Unit checks of the runtime's pure parts: manifest schema, tracker, aligner, sources."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from edgefer import artifact
+from edgefer.align import crop_faces, face_affine, resize_faces
+from edgefer.artifact import InputSpec, Manifest
+from edgefer.errors import EdgeferError
+from edgefer.sources import open_source
+from edgefer.track import IoUTracker, iou_matrix
+
+
+def _classifier_manifest(**kw):
+    d = dict(name="m", kind="classifier", files={"model": "m.onnx"}, classes=["a", "b"],
+             input=InputSpec(size=[8, 8]))
+    d.update(kw)
+    return Manifest(**d)
+
+
+def test_manifest_roundtrip_and_checksum(tmp_path):
+    (tmp_path / "m.onnx").write_bytes(b"not really onnx")
+    m = _classifier_manifest()
+    artifact.write_artifact(m, tmp_path)
+    art = artifact.load(tmp_path, verify=True)
+    assert art.manifest.classes == ["a", "b"]
+    assert art.manifest.checksums["m.onnx"].startswith("sha256:")
+    # a replaced file is caught
+    (tmp_path / "m.onnx").write_bytes(b"tampered")
+    with pytest.raises(EdgeferError, match="checksum"):
+        artifact.load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "patch, message",
+    [
+        ({"kind": "regressor"}, "kind"),
+        ({"precision": "int4"}, "precision"),
+        ({"classes": []}, "class names"),
+        ({"schema": 99}, "schema"),
+        ({"surprise_key": 1}, "unknown manifest keys"),
+    ],
+)
+def test_manifest_rejects_bad_fields(tmp_path, patch, message):
+    d = _classifier_manifest().to_dict()
+    d.update(patch)
+    (tmp_path / "manifest.json").write_text(json.dumps(d))
+    with pytest.raises(EdgeferError, match=message):
+        artifact.load(tmp_path, verify=False)
+
+
+def test_manifest_not_json(tmp_path):
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(EdgeferError, match="not valid JSON"):
+        artifact.load(tmp_path)
+
+
+def test_unknown_model_name():
+    with pytest.raises(EdgeferError, match="not found"):
+        artifact.load("no-such-model")
+
+
+def test_iou_matrix():
+    a = np.array([[0, 0, 10, 10]], np.float32)
+    b = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]], np.float32)
+    np.testing.assert_allclose(iou_matrix(a, b)[0], [1.0, 50 / 150, 0.0], rtol=1e-6)
+
+
+def test_tracker_keeps_ids_and_smooths():
+    t = IoUTracker(smoothing=0.5)
+    b1 = np.array([[0, 0, 10, 10], [100, 100, 120, 120]], np.float32)
+    ids1, p1 = t.update(b1, np.array([[1.0, 0.0], [0.0, 1.0]], np.float32))
+    # the faces move a little and swap order; probabilities flip
+    b2 = np.array([[102, 101, 122, 121], [1, 1, 11, 11]], np.float32)
+    ids2, p2 = t.update(b2, np.array([[1.0, 0.0], [0.0, 1.0]], np.float32))
+    assert ids2[0] == ids1[1] and ids2[1] == ids1[0]
+    np.testing.assert_allclose(p2, [[0.5, 0.5], [0.5, 0.5]])
+    # a new face far away gets a new id
+    ids3, _ = t.update(np.array([[300, 300, 320, 320]], np.float32), np.array([[1.0, 0.0]], np.float32))
+    assert ids3[0] not in set(ids1)
+
+
+def test_tracker_forgets_after_misses():
+    t = IoUTracker(max_misses=2)
+    ids, _ = t.update(np.array([[0, 0, 10, 10]], np.float32), None)
+    for _ in range(3):
+        t.update(np.zeros((0, 4), np.float32), None)
+    ids2, _ = t.update(np.array([[0, 0, 10, 10]], np.float32), None)
+    assert ids2[0] != ids[0]
+
+
+def test_crop_levels_the_eyes():
+    """A face rotated by 20 degrees comes out of the aligner with level eyes."""
+    img = np.zeros((200, 200, 3), np.uint8)
+    # two bright "eyes" on a line tilted by +20 degrees about (100, 100)
+    ang = np.deg2rad(20)
+    left = (100 - 30 * np.cos(ang), 100 - 30 * np.sin(ang))
+    right = (100 + 30 * np.cos(ang), 100 + 30 * np.sin(ang))
+    for x, y in (left, right):
+        cv2.circle(img, (int(round(x)), int(round(y))), 5, (255, 255, 255), -1)
+    box = np.array([[50, 50, 150, 150]], np.float32)
+    lm = np.array([[left, right, (100, 110), (85, 130), (115, 130)]], np.float32)
+    spec = InputSpec(size=[64, 64], color="gray")
+    crop = crop_faces(img, box, lm, spec, {"scale": 1.0, "align": "eyes"})
+    assert crop.shape == (1, 64, 64, 1)
+    ys, xs = np.nonzero(crop[0, :, :, 0] > 128)
+    lx, rx = xs < 32, xs >= 32
+    assert abs(ys[lx].mean() - ys[rx].mean()) < 1.5  # level
+    # and without alignment they are not
+    crop2 = crop_faces(img, box, lm, spec, {"scale": 1.0, "align": "none"})
+    ys, xs = np.nonzero(crop2[0, :, :, 0] > 128)
+    assert abs(ys[xs < 32].mean() - ys[xs >= 32].mean()) > 8
+
+
+def test_face_affine_centres_the_box():
+    m = face_affine(np.array([10, 20, 50, 60], np.float32), None, (64, 64), 1.0, align=False)
+    centre = m @ np.array([30, 40, 1.0])
+    np.testing.assert_allclose(centre, [32, 32], atol=1e-6)
+
+
+def test_resize_faces_layouts():
+    imgs = np.random.default_rng(0).integers(0, 255, (3, 48, 48), dtype=np.uint8)
+    x = resize_faces(imgs, InputSpec(size=[64, 64], color="gray"))
+    assert x.shape == (3, 64, 64, 1) and x.dtype == np.uint8
+    y = resize_faces(imgs, InputSpec(size=[48, 48], color="rgb", dtype="float32", layout="NCHW", mean=[0.0], std=[255.0]))
+    assert y.shape == (3, 3, 48, 48) and y.dtype == np.float32
+    np.testing.assert_allclose(y[:, 0], imgs / 255.0, rtol=1e-6)
+
+
+def test_sources_reject_bad_input(tmp_path):
+    with pytest.raises(EdgeferError, match="no such file"):
+        open_source(str(tmp_path / "missing.mp4"))
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 not a jpeg")
+    with pytest.raises(EdgeferError, match="cannot read image"):
+        open_source(str(bad))
+    badv = tmp_path / "broken.mp4"
+    badv.write_bytes(b"\x00" * 1000)
+    with pytest.raises(EdgeferError, match="cannot read video"):
+        open_source(str(badv))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EdgeferError, match="no images"):
+        open_source(str(tmp_path / "empty"))
+    with pytest.raises(EdgeferError, match="cannot open camera"):
+        open_source(None, camera=97)
+    with pytest.raises(EdgeferError, match="no source"):
+        open_source(None)
