@@ -1,0 +1,146 @@
+"""Torch wrappers that put a classifier's preprocessing and softmax inside the exported graph.
+
+Every bundled classifier takes raw ``uint8`` pixels, so the runtime never needs to know a model's
+normalisation: it crops, resizes to ``input.size``, converts to ``input.color`` and feeds the
+bytes. :class:`ClassifierWithPreprocess` does the rest in the graph::
+
+    image uint8 [N, H, W, C]  ->  float  ->  (x - mean) / std  ->  NCHW  ->  model  ->  softmax  ->  probs
+
+:func:`export_classifier_onnx` exports such a wrapper (legacy TorchScript exporter, opset 17,
+dynamic batch, one self-contained .onnx file) and :meth:`ClassifierWithPreprocess.input_spec`
+gives the manifest's :class:`~edgefer.artifact.InputSpec` to match.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from edgefer.artifact import InputSpec
+
+CHANNELS = {"gray": 1, "bgr": 3, "rgb": 3}
+
+
+def _per_channel(values: float | Sequence[float], channels: int, what: str) -> torch.Tensor:
+    vals = [float(values)] if isinstance(values, (int, float)) else [float(v) for v in values]
+    if len(vals) == 1:
+        vals = vals * channels
+    if len(vals) != channels:
+        raise ValueError(f"{what} needs 1 or {channels} values, got {len(vals)}")
+    if what == "std" and any(v == 0 for v in vals):
+        raise ValueError("std must not contain 0")
+    return torch.tensor(vals, dtype=torch.float32).view(1, channels, 1, 1)
+
+
+class ClassifierWithPreprocess(nn.Module):
+    """uint8 pixels in, class probabilities (or logits) out.
+
+    ``model`` takes NCHW float ``(pixel - mean) / std`` and returns logits [N, K]. ``mean`` and
+    ``std`` are in pixel units (0..255), one value or one per channel. ``color`` names the
+    channel order the model was trained on (``gray``: 1 channel; ``bgr``/``rgb``: 3); the
+    runtime feeds that order, the graph does not convert. ``layout`` is the layout of the
+    graph's input (``NHWC``, what image libraries produce, or ``NCHW``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        mean: float | Sequence[float],
+        std: float | Sequence[float],
+        color: str = "gray",
+        softmax: bool = True,
+        layout: str = "NHWC",
+    ):
+        super().__init__()
+        if color not in CHANNELS:
+            raise ValueError(f"color must be one of {sorted(CHANNELS)}, not {color!r}")
+        if layout not in ("NHWC", "NCHW"):
+            raise ValueError(f"layout must be NHWC or NCHW, not {layout!r}")
+        self.model = model
+        self.color = color
+        self.channels = CHANNELS[color]
+        self.softmax = softmax
+        self.layout = layout
+        self.register_buffer("mean", _per_channel(mean, self.channels, "mean"))
+        self.register_buffer("std", _per_channel(std, self.channels, "std"))
+
+    @property
+    def output_name(self) -> str:
+        return "probs" if self.softmax else "logits"
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = image.to(torch.float32)
+        if self.layout == "NHWC":
+            x = x.permute(0, 3, 1, 2)
+        x = (x - self.mean) / self.std
+        out = self.model(x)
+        return torch.softmax(out, dim=1) if self.softmax else out
+
+    def input_spec(self, size: Sequence[int], name: str = "image", batch="dynamic") -> InputSpec:
+        """The manifest input spec for this wrapper at ``size`` = (height, width)."""
+        return InputSpec(
+            name=name,
+            dtype="uint8",
+            layout=self.layout,
+            size=[int(size[0]), int(size[1])],
+            color=self.color,
+            mean=[float(v) for v in self.mean.flatten().tolist()],
+            std=[float(v) for v in self.std.flatten().tolist()],
+            batch=batch,
+        )
+
+    def example_input(self, size: Sequence[int], batch: int = 1) -> torch.Tensor:
+        h, w = int(size[0]), int(size[1])
+        shape = (batch, h, w, self.channels) if self.layout == "NHWC" else (batch, self.channels, h, w)
+        return torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+
+
+def export_classifier_onnx(
+    wrapper: ClassifierWithPreprocess,
+    path: str | os.PathLike,
+    size: Sequence[int],
+    input_name: str = "image",
+    opset: int = 17,
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Export ``wrapper`` to a single ONNX file with a dynamic batch axis and check it.
+
+    The spatial size is fixed (``size`` = height, width), so any size-dependent padding in the
+    model becomes constants. ``metadata`` goes into the model's ``metadata_props``.
+    """
+    import onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wrapper = wrapper.eval()
+    example = wrapper.example_input(size, batch=2)
+    out_name = wrapper.output_name
+    with torch.no_grad(), warnings.catch_warnings():
+        # size-dependent values (e.g. "same" pads) become constants: intended, the size is fixed
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        torch.onnx.export(
+            wrapper,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=[input_name],
+            output_names=[out_name],
+            dynamic_axes={input_name: {0: "batch"}, out_name: {0: "batch"}},
+            do_constant_folding=True,
+        )
+    model = onnx.load(str(path))
+    if metadata:
+        for k, v in metadata.items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = str(k), str(v)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path), save_as_external_data=False)
+    if path.with_name(path.name + ".data").exists():
+        raise RuntimeError(f"{path}.data was written: the model should be one self-contained file")
+    return path
