@@ -12,6 +12,9 @@ where the time goes (p50/p99 per stage, end to end, and dropped frames for live 
 
 from __future__ import annotations
 
+import itertools
+import queue
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -20,7 +23,7 @@ import numpy as np
 
 from .artifact import DEFAULT_CLASSIFIER, DEFAULT_DETECTOR
 from .classify import EmotionClassifier
-from .detect import FaceDetector
+from .detect import Detections, FaceDetector
 from .sources import Frame, Source, open_source
 from .track import IoUTracker
 
@@ -102,7 +105,16 @@ class Stats:
 
 
 class Pipeline:
-    """Detector + classifier + tracker, fed frame by frame or by a whole source."""
+    """Detector + classifier + tracker, fed frame by frame or by a whole source.
+
+    Speed levers (all measured in benchmarks/, see its README):
+
+    * ``detect_every=N``: run the detector on every N-th frame and carry the live tracks' boxes
+      and landmarks over the frames between; every frame's faces are still classified. A frame
+      with no live track is always detected, so a face that appears is found at once.
+    * ``overlap=True``: detection of frame N runs on its own thread while frame N-1 is
+      classified, tracked and written (ONNX Runtime and OpenVINO release the GIL).
+    """
 
     def __init__(
         self,
@@ -113,6 +125,8 @@ class Pipeline:
         conf_thresh: float | None = None,
         smoothing: float = 0.5,
         threads: int | None = None,
+        detect_every: int = 1,
+        overlap: bool = True,
         **backend_options: Any,
     ):
         det_kw: dict[str, Any] = {"det_size": det_size}
@@ -120,24 +134,58 @@ class Pipeline:
             det_kw["conf_thresh"] = conf_thresh
         if threads:
             backend_options["threads"] = threads
+        if detect_every < 1:
+            raise ValueError("detect_every must be >= 1")
         self.detector = FaceDetector(detector, backend=backend, **det_kw, **backend_options)
         self.classifier = EmotionClassifier(classifier, backend=backend, **backend_options)
         self.classes = self.classifier.classes
         self.tracker = IoUTracker(smoothing=smoothing)
+        self.detect_every = detect_every
+        self.overlap = overlap
         self.stats = Stats()
+        self._last_detect = -(10**9)
 
     def reset(self) -> None:
         """Forget tracks (between unrelated images)."""
         self.tracker.reset()
+        self._last_detect = -(10**9)
 
-    def process(self, image: np.ndarray, frame: int = 0, time_s: float = 0.0, decode_ms: float = 0.0) -> FrameResult:
+    def _needs_detection(self, frame: int) -> bool:
+        return self.detect_every <= 1 or frame - self._last_detect >= self.detect_every or not self.tracker.live()
+
+    def _carried(self) -> Detections:
+        """The live tracks as detections, for frames the detector skips."""
+        live = self.tracker.live()
+        if not live:
+            return Detections.empty()
+        lms = [t.landmarks if t.landmarks is not None else np.zeros((5, 2), np.float32) for t in live]
+        return Detections(
+            np.stack([t.box for t in live]).astype(np.float32),
+            np.array([t.score for t in live], np.float32),
+            np.stack(lms).astype(np.float32),
+        )
+
+    def detect(self, image: np.ndarray, frame: int = 0) -> tuple[Detections | None, float]:
+        """Detections for ``frame`` (None when the detector is skipped) and the ms it took."""
+        if not self._needs_detection(frame):
+            return None, 0.0
         t0 = time.perf_counter()
         det = self.detector(image)
+        self._last_detect = frame
+        return det, (time.perf_counter() - t0) * 1e3
+
+    def process(self, image: np.ndarray, frame: int = 0, time_s: float = 0.0, decode_ms: float = 0.0,
+                det: Detections | None = None, detect_ms: float | None = None) -> FrameResult:
+        """Detect (unless ``det`` is given or this frame skips detection), classify and track."""
+        if det is None and detect_ms is None:
+            det, detect_ms = self.detect(image, frame)
+        if det is None:
+            det = self._carried()
         t1 = time.perf_counter()
         colors: dict = {}
         probs = self.classifier(image, det.boxes, det.landmarks, color_cache=colors)
         t2 = time.perf_counter()
-        ids, smoothed = self.tracker.update(det.boxes, probs)
+        ids, smoothed = self.tracker.update(det.boxes, probs, det.scores, det.landmarks)
         classes = self.classes
         faces = []
         for i in range(len(det)):
@@ -157,32 +205,84 @@ class Pipeline:
         t3 = time.perf_counter()
         timings = {
             "decode": decode_ms,
-            "detect": (t1 - t0) * 1e3,
+            "detect": detect_ms or 0.0,
             "classify": (t2 - t1) * 1e3,
             "track": (t3 - t2) * 1e3,
         }
         return FrameResult(frame, time_s, faces, image=image, timings_ms=timings)
+
+    def _detect_ahead(self, frames: Iterator[Frame], depth: int = 2) -> Iterator[tuple[Frame, Detections | None, float]]:
+        """Run detection on a worker thread, one frame ahead of classification, in order."""
+        q: queue.Queue = queue.Queue(maxsize=depth)
+        stop = threading.Event()
+        failure: list[BaseException] = []
+
+        def worker():
+            try:
+                for fr in frames:
+                    if stop.is_set():
+                        break
+                    det, ms = self.detect(fr.image, fr.index)
+                    while not stop.is_set():
+                        try:
+                            q.put((fr, det, ms), timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+            except BaseException as e:  # surfaced on the consumer's thread
+                failure.append(e)
+            finally:
+                q.put(None)
+
+        th = threading.Thread(target=worker, name="edgefer-detect", daemon=True)
+        th.start()
+        try:
+            while True:
+                item = q.get()
+                if item is None:
+                    break
+                yield item
+            if failure:
+                raise failure[0]
+        finally:
+            stop.set()
+            try:
+                while True:
+                    q.get_nowait()
+            except queue.Empty:
+                pass
+            th.join(timeout=5)
 
     def run(self, source: Any, max_frames: int | None = None, **open_kw: Any) -> Iterator[FrameResult]:
         """Process a source (anything :func:`open_source` takes, or a :class:`Source`)."""
         src = source if isinstance(source, Source) else open_source(source, **open_kw)
         self.source = src
         self.stats = Stats()
+        self.reset()
         independent = src.kind in ("image", "folder")
+        frames: Iterator[Frame] = iter(src)
+        if max_frames is not None:
+            frames = itertools.islice(frames, max_frames)
+        # detection-free frames read the tracker, so ahead-of-time detection needs every frame
+        # detected or a tracker that the detect thread does not race: with detect_every > 1 the
+        # skip decision uses only frame numbers and "no live track" one frame late, which is safe
+        staged = self.overlap and not independent
+        items = self._detect_ahead(frames) if staged else ((fr, None, None) for fr in frames)
         try:
-            for fr in src:
-                if max_frames is not None and self.stats.frames >= max_frames:
-                    break
+            for fr, det, det_ms in items:
                 if independent:
                     self.reset()
-                decode_ms = src.decode_s[-1] * 1e3 if src.decode_s else 0.0
+                decode_ms = src.decode_s[fr.index] * 1e3 if len(src.decode_s) > fr.index else 0.0
                 taken = time.perf_counter()
-                r = self.process(fr.image, fr.index, fr.time_s, decode_ms)
+                r = self.process(fr.image, fr.index, fr.time_s, decode_ms, det=det, detect_ms=det_ms)
                 r.name = fr.name
                 done = time.perf_counter()
                 # live: capture to result, queueing included (what a viewer waits);
-                # files: decode + processing (a file's read-ahead queue is not latency)
-                r.timings_ms["total"] = (done - fr.captured) * 1e3 if src.live else (done - taken) * 1e3 + decode_ms
+                # files: decode + detect + the rest (read-ahead queues are not latency)
+                if src.live:
+                    r.timings_ms["total"] = (done - fr.captured) * 1e3
+                else:
+                    r.timings_ms["total"] = (done - taken) * 1e3 + decode_ms + ((det_ms or 0.0) if staged else 0.0)
                 self.stats.add(r)
                 yield r
         finally:

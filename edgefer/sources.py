@@ -216,6 +216,23 @@ class ArraySource(Source):
         return f"{self.kind} {self.label}"
 
 
+def decode_only_fps(path: str, max_frames: int | None = None) -> tuple[float, int]:
+    """The ceiling for a file: frames per second of a bare OpenCV read loop, and frames read."""
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise EdgeferError(f"cannot read video {path}")
+    n = 0
+    t0 = time.perf_counter()
+    while max_frames is None or n < max_frames:
+        ok, _ = cap.read()
+        if not ok:
+            break
+        n += 1
+    dt = time.perf_counter() - t0
+    cap.release()
+    return (n / dt if dt > 0 else 0.0), n
+
+
 def read_image(path: Path) -> np.ndarray | None:
     """BGR image or None; reads through numpy so non-ASCII paths work."""
     try:

@@ -34,6 +34,8 @@ class Track:
     probs: np.ndarray | None
     misses: int = 0
     hits: int = 1
+    score: float = 1.0
+    landmarks: np.ndarray | None = None
 
 
 class IoUTracker:
@@ -49,7 +51,17 @@ class IoUTracker:
     def reset(self) -> None:
         self.tracks = []
 
-    def update(self, boxes: np.ndarray, probs: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    def live(self) -> list[Track]:
+        """Tracks seen in the latest update (what detection-free frames carry forward)."""
+        return [t for t in self.tracks if t.misses == 0]
+
+    def update(
+        self,
+        boxes: np.ndarray,
+        probs: np.ndarray | None,
+        scores: np.ndarray | None = None,
+        landmarks: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Assign track ids to ``boxes``; returns (ids (K,), smoothed probs (K,C) or None)."""
         k = len(boxes)
         ids = np.zeros(k, np.int64)
@@ -71,6 +83,10 @@ class IoUTracker:
                 t.box = boxes[di].copy()
                 t.misses = 0
                 t.hits += 1
+                if scores is not None:
+                    t.score = float(scores[di])
+                if landmarks is not None:
+                    t.landmarks = landmarks[di].copy()
                 if out is not None:
                     if t.probs is not None and self.smoothing > 0:
                         out[di] = self.smoothing * t.probs + (1.0 - self.smoothing) * out[di]
@@ -81,7 +97,9 @@ class IoUTracker:
                 t.misses += 1
         self.tracks = [t for t in self.tracks if t.misses <= self.max_misses]
         for di in np.flatnonzero(~assigned):
-            t = Track(self._next, boxes[di].copy(), None if out is None else out[di].copy())
+            t = Track(self._next, boxes[di].copy(), None if out is None else out[di].copy(),
+                      score=1.0 if scores is None else float(scores[di]),
+                      landmarks=None if landmarks is None else landmarks[di].copy())
             self._next += 1
             self.tracks.append(t)
             ids[di] = t.id

@@ -34,10 +34,13 @@ def _fmt_ms(p: dict | None) -> str:
 @click.option("--conf", "conf_thresh", type=click.FloatRange(0, 1), default=None, help="Face detection threshold.")
 @click.option("--smoothing", type=click.FloatRange(0, 0.99), default=0.5, show_default=True, help="Weight of the past in each track's emotion average (0: none).")
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="Threads per runtime (0: runtime default).")
+@click.option("--detect-every", type=click.IntRange(min=1), default=1, show_default=True, help="Detect on every N-th frame; tracks carry faces between (every frame is still classified).")
+@click.option("--overlap/--no-overlap", default=True, show_default=True, help="Detect frame N on a worker thread while frame N-1 is classified.")
+@click.option("--ceiling", is_flag=True, help="For a video file, also measure its decode-only fps and report the ratio.")
 @click.option("--summary", "summary_path", type=click.Path(), default=None, help="Write the run summary as JSON.")
 @click.pass_context
 def run(ctx, source, camera, demo, output, events, display, max_frames, detector, classifier, backend, providers, device,
-        det_size, conf_thresh, smoothing, threads, summary_path):
+        det_size, conf_thresh, smoothing, threads, detect_every, overlap, ceiling, summary_path):
     """Detect faces and classify their emotions.
 
     \b
@@ -61,7 +64,7 @@ def run(ctx, source, camera, demo, output, events, display, max_frames, detector
         opts["device"] = device
     try:
         pipe = Pipeline(detector, classifier, backend=backend, det_size=det_size or None, conf_thresh=conf_thresh,
-                        smoothing=smoothing, threads=threads or None, **opts)
+                        smoothing=smoothing, threads=threads or None, detect_every=detect_every, overlap=overlap, **opts)
     except BaseException:
         src.close()
         raise
@@ -112,6 +115,11 @@ def run(ctx, source, camera, demo, output, events, display, max_frames, detector
         if win:
             win.close()
     stats = pipe.stats
+    decode_fps = None
+    if ceiling and src.kind == "video":
+        from ..sources import decode_only_fps
+
+        decode_fps, _ = decode_only_fps(source, max_frames)
     if stats.frames == 0:
         why = f" ({src.skipped[0][1]})" if src.skipped else ""
         raise EdgeferError(f"no frame could be read from {src.describe()}{why}")
@@ -121,6 +129,10 @@ def run(ctx, source, camera, demo, output, events, display, max_frames, detector
         "faces": stats.faces,
         "fps": round(stats.fps(), 2),
         "dropped_frames": src.dropped,
+        "decode_fps": None if decode_fps is None else round(decode_fps, 2),
+        "ratio_to_decode": None if not decode_fps else round(stats.fps() / decode_fps, 4),
+        "detect_every": detect_every,
+        "overlap": overlap,
         "skipped": [{"file": n, "reason": why} for n, why in src.skipped],
         "latency_ms": {k: {kk: round(vv, 3) for kk, vv in v.items()} for k, v in stats.percentiles().items()},
         "detector": pipe.detector.backend.info() | {"artifact": pipe.detector.backend.artifact.describe()},
@@ -144,6 +156,7 @@ def run(ctx, source, camera, demo, output, events, display, max_frames, detector
         f"{stats.frames} frames, {stats.faces} faces, {stats.fps():.1f} fps end to end"
         + (f", {src.dropped} dropped" if src.live or src.dropped else "")
         + (f", {len(src.skipped)} skipped" if src.skipped else "")
+        + (f"; decode-only {decode_fps:.1f} fps, ratio {stats.fps() / decode_fps:.2f}" if decode_fps else "")
     )
     if not quiet:
         click.echo("latency ms p50 / p99: " + "  ".join(f"{k} {_fmt_ms(p.get(k))}" for k in ("decode", "detect", "classify", "track", "total")))
