@@ -140,8 +140,8 @@ class FaceDetector:
         self._mean = np.asarray(self.spec.mean, np.float32)
 
     def input_size(self, h: int, w: int) -> tuple[int, int, float]:
-        """(in_h, in_w, scale) for a frame of h x w: the long side becomes ``det_size``."""
-        if not self.det_size:
+        """(in_h, in_w, scale) for a frame of h x w: the long side becomes ``det_size`` (never upscaled)."""
+        if not self.det_size or max(h, w) <= self.det_size:
             return h, w, 1.0
         s = self.det_size / max(h, w)
         return max(1, round(h * s)), max(1, round(w * s)), s

@@ -1,0 +1,127 @@
+"""Speed levers of the video loop, measured against the decode ceiling and for accuracy kept.
+
+    python benchmarks/loop_modes.py ../shared/data/video/webcam_720p.mp4 [more videos] \
+        [--modes "base=--no-overlap" "overlap=" "every3=--detect-every 3"] [--json out.json]
+
+For each video: the decode-only fps of an OpenCV read loop (the ceiling), then for each mode the
+end-to-end fps of the full loop (start-up excluded), its ratio to the ceiling, p50/p99 frame
+latency, per-stage p50 ms, and the agreement of each face's per-frame emotion with the first
+mode (faces matched by IoU >= 0.3; a face the reference has and the mode misses counts as a
+disagreement).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from edgefer.pipeline import Pipeline
+from edgefer.sources import decode_only_fps
+from edgefer.track import iou_matrix
+
+DEFAULT_MODES = [
+    "every-frame=--no-overlap",
+    "overlap=",
+    "every3=--detect-every 3",
+    "every5-480=--detect-every 5 --det-size 480",
+]
+
+
+def parse_mode(text: str) -> tuple[str, dict]:
+    name, _, flags = text.partition("=")
+    args = shlex.split(flags)
+    kw: dict = {"overlap": True, "detect_every": 1, "det_size": 640}
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "--no-overlap":
+            kw["overlap"] = False
+        elif a == "--detect-every":
+            kw["detect_every"] = int(args[i + 1])
+            i += 1
+        elif a == "--det-size":
+            kw["det_size"] = int(args[i + 1])
+            i += 1
+        elif a == "--threads":
+            kw["threads"] = int(args[i + 1])
+            i += 1
+        else:
+            raise SystemExit(f"unknown flag in mode {name}: {a}")
+        i += 1
+    return name, kw
+
+
+def run_mode(video: str, kw: dict) -> dict:
+    pipe = Pipeline(**kw)
+    frames = []
+    for r in pipe.run(video):
+        frames.append([(np.array(f.box, np.float32), f.emotion) for f in r.faces])
+    st = pipe.stats
+    p = st.percentiles()
+    return {
+        "fps": st.fps(),
+        "frames": st.frames,
+        "faces": st.faces,
+        "p50_ms": p["total"]["p50"],
+        "p99_ms": p["total"]["p99"],
+        "stage_p50_ms": {k: round(v["p50"], 2) for k, v in p.items()},
+        "stage_mean_ms": {k: round(v["mean"], 2) for k, v in p.items()},
+        "_faces": frames,
+    }
+
+
+def agreement(ref: list, other: list) -> float:
+    same = total = 0
+    for a, b in zip(ref, other):
+        total += len(a)
+        if not a or not b:
+            continue
+        iou = iou_matrix(np.stack([x[0] for x in a]), np.stack([x[0] for x in b]))
+        for i, (_, emo) in enumerate(a):
+            j = int(iou[i].argmax())
+            if iou[i, j] >= 0.3 and b[j][1] == emo:
+                same += 1
+    return 100.0 * same / total if total else 100.0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("videos", nargs="+")
+    ap.add_argument("--modes", nargs="+", default=DEFAULT_MODES)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    out = {"machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()}, "videos": {}}
+    for video in args.videos:
+        ceiling, n = decode_only_fps(video)
+        print(f"{Path(video).name}: decode-only {ceiling:.1f} fps ({n} frames)", flush=True)
+        res = {"decode_fps": ceiling, "modes": {}}
+        ref = None
+        for text in args.modes:
+            name, kw = parse_mode(text)
+            r = run_mode(video, kw)
+            faces = r.pop("_faces")
+            if ref is None:
+                ref = faces
+            r["agreement_pct"] = agreement(ref, faces)
+            r["ratio"] = r["fps"] / ceiling
+            r["settings"] = kw
+            res["modes"][name] = r
+            print(
+                f"  {name:14s} {r['fps']:7.1f} fps  ratio {r['ratio']:.3f}  p50 {r['p50_ms']:.1f} p99 {r['p99_ms']:.1f} ms  "
+                f"agree {r['agreement_pct']:.1f}%  stages p50 {r['stage_p50_ms']}",
+                flush=True,
+            )
+        out["videos"][Path(video).name] = res
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
