@@ -74,6 +74,14 @@ def cli(ctx, verbose, quiet):
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
     ctx.ensure_object(dict)
     ctx.obj["quiet"] = quiet
+    if verbose == 0:
+        # OpenCV's own warnings ("can't open camera by index") would follow our one-line errors
+        import cv2
+
+        try:
+            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        except AttributeError:  # pragma: no cover - builds without the logging module
+            pass
 
 
 def main(argv=None) -> int:

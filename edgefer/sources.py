@@ -18,10 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-import cv2
-import numpy as np
+# FFmpeg's own log lines ("moov atom not found") would follow our one-line error: keep them quiet
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
-from .errors import EdgeferError
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .errors import EdgeferError  # noqa: E402
 
 log = logging.getLogger(__name__)
 
