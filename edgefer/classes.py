@@ -29,7 +29,8 @@ _ALIASES = {
     "surprised": "surprise",
     "neutral": "neutral",
     "contempt": "contempt",
-    "calm": "calm",
+    # EmoTorch's "calm" is its name for FER2013's neutral (its 4-class set maps FER2013 neutral to calm)
+    "calm": "neutral",
 }
 
 

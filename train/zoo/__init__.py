@@ -12,6 +12,11 @@ import importlib
 REGISTRY: dict[str, str] = {
     "mini-xception": "edgefer.train.zoo.mini_xception:build",
     "retinaface-mnet025": "edgefer.train.zoo.retinaface:build",
+    "edgenet": "edgefer.train.zoo.edgenet:build",
+    "emotorch-baseline": "edgefer.train.zoo.emotorch:build_baseline",
+    "emotorch-enhanced-v2": "edgefer.train.zoo.emotorch:build_enhanced_v2",
+    "deep-emotion": "edgefer.train.zoo.deep_emotion:build",
+    "resnet18": "edgefer.train.zoo.resnet:build",
 }
 
 

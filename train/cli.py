@@ -1,0 +1,91 @@
+"""``edgefer train``: train a zoo architecture on FER2013 / FERPlus / RAF-DB / class folders."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+import click
+
+from edgefer.errors import EdgeferError
+
+EPILOG = """\b
+Examples:
+  edgefer train --arch edgenet --data fer2013.csv -o runs/edgenet
+  edgefer train --arch edgenet --data train.npz --val publictest.npz --epochs 80 --ema --mixup 0.2
+  edgefer train --arch edgenet --data fer2013.csv --soft-labels ferplus      # FERPlus votes, 8 classes
+  edgefer train --arch resnet18 --data RAF-DB/basic --balanced
+  edgefer train --resume runs/edgenet/last.pt                                # continue a stopped run
+  edgefer export runs/edgenet/best.pth --target onnx                         # arch, classes from the sidecar
+
+\b
+Data: fer2013.csv (Training rows; PublicTest rows validate unless --val), a folder of class
+folders (or a Kaggle root with train/ and test/), an .npz (images, labels[, classes]), or
+RAF-DB's basic layout (EmoLabel/list_patition_label.txt + Image/aligned/).
+Writes to -o DIR: best.pth (plain state dict) + best.pth.json (sidecar: arch, classes, input,
+metrics, data provenance, command), last.pt (resume), metrics.json, log.txt, command.txt,
+curves.png, confusion.png.
+"""
+
+
+def _arch_names() -> list[str]:
+    from .zoo import names
+
+    return names()
+
+
+@click.command(name="train", epilog=EPILOG, context_settings={"max_content_width": 100})
+@click.option("--arch", help="Zoo architecture (edgenet, mini-xception, resnet18, deep-emotion, emotorch-...).")
+@click.option("--data", type=click.Path(), help="Training data: fer2013.csv, class folders, .npz or RAF-DB basic.")
+@click.option("--val", type=click.Path(), help="Validation data (default: the data's test split, else a 10% holdout).")
+@click.option("--epochs", type=int, default=None, help="Epochs (default 60).")
+@click.option("--batch", type=int, default=128, show_default=True, help="Batch size.")
+@click.option("--lr", type=float, default=None, help="Peak learning rate (default 2e-3 AdamW / 0.1 SGD at batch 128).")
+@click.option("--opt", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True)
+@click.option("--weight-decay", type=float, default=None, help="Default 0.05 (AdamW) / 5e-4 (SGD).")
+@click.option("--label-smoothing", type=float, default=0.1, show_default=True)
+@click.option("--mixup", type=float, default=0.0, show_default=True, help="Mixup Beta alpha (0 = off).")
+@click.option("--cutmix", type=float, default=0.0, show_default=True, help="CutMix Beta alpha (0 = off).")
+@click.option("--mix-prob", type=float, default=0.5, show_default=True, help="Share of batches mixed.")
+@click.option("--ema/--no-ema", default=False, show_default=True, help="Keep an EMA of the weights; evaluate and save it.")
+@click.option("--ema-decay", type=float, default=0.999, show_default=True)
+@click.option("--warmup", type=float, default=3.0, show_default=True, help="Linear warm-up epochs before the cosine decay.")
+@click.option("--balanced", is_flag=True, help="Class-balanced sampling (each class drawn equally often).")
+@click.option("--soft-labels", "soft_labels", default=None, metavar="ferplus|PATH",
+              help="FERPlus vote distributions as targets (KL loss): 'ferplus' or the path of fer2013new.csv.")
+@click.option("--erase", type=float, default=0.25, show_default=True, help="Random-erasing probability.")
+@click.option("--rotate", type=float, default=10.0, show_default=True, help="Max rotation (degrees).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=int, default=None, help="Torch CPU threads (default min(4, cores)).")
+@click.option("--limit", type=int, default=None, help="Use only the first N training images (smoke runs).")
+@click.option("--resume", "resume", type=click.Path(), default=None, help="Continue from DIR/last.pt (or DIR).")
+@click.option("-o", "--out", type=click.Path(), default=None, help="Output folder (default runs/<arch>).")
+@click.pass_context
+def train(ctx, arch, data, val, epochs, batch, lr, opt, weight_decay, label_smoothing, mixup, cutmix, mix_prob,
+          ema, ema_decay, warmup, balanced, soft_labels, erase, rotate, seed, threads, limit, resume, out):
+    """Train a zoo architecture; checkpoints export with `edgefer export` and no --arch."""
+    from .engine import TrainConfig
+    from .engine import train as run
+
+    quiet = bool((ctx.obj or {}).get("quiet"))
+    command = "edgefer " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else None
+    if resume:
+        cfg = TrainConfig(arch=arch or "", data=data or "", epochs=epochs or 0, threads=threads, quiet=quiet)
+        run(cfg, resume=resume)
+        return
+    if not arch or not data:
+        raise EdgeferError("edgefer train needs --arch and --data (or --resume DIR)")
+    if arch not in _arch_names():
+        raise EdgeferError(f"unknown architecture {arch!r}; known: {', '.join(_arch_names())}")
+    for name, v in (("--batch", batch), ("--epochs", epochs if epochs is not None else 1)):
+        if v < 1:
+            raise EdgeferError(f"{name} must be >= 1")
+    if not 0 <= label_smoothing < 1:
+        raise EdgeferError("--label-smoothing must be in [0, 1)")
+    cfg = TrainConfig(
+        arch=arch, data=data, val=val, out=out, epochs=epochs or TrainConfig.epochs, batch=batch, lr=lr, opt=opt,
+        weight_decay=weight_decay, warmup=warmup, label_smoothing=label_smoothing, mixup=mixup, cutmix=cutmix,
+        mix_prob=mix_prob, ema=ema, ema_decay=ema_decay, balanced=balanced, soft_labels=soft_labels, seed=seed,
+        erase=erase, rotate=rotate, threads=threads, limit=limit, quiet=quiet, command=command,
+    )
+    run(cfg)

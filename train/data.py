@@ -1,0 +1,300 @@
+"""Training data: every dataset form edgefer reads, turned into one in-memory uint8 tensor.
+
+Forms (detected from the path):
+
+* FER2013 ``fer2013.csv``, class folders (``<root>/<class>/*.jpg``, Kaggle ``train/`` +
+  ``test/`` roots too) and ``.npz`` (``images``, ``labels``, optional ``classes``,
+  ``ferplus_votes``, ``csv_row``) -- read by :mod:`edgefer.calibration.datasets`, the one reader
+  the bench and calibration use too;
+* RAF-DB ``basic`` layout: ``EmoLabel/list_patition_label.txt`` (``train_00001.jpg 5``) and
+  ``Image/aligned/train_00001_aligned.jpg``; labels 1..7 are surprise, fear, disgust,
+  happiness, sadness, anger, neutral and are reported in FER2013 order, so a RAF-DB model and a
+  FER2013 model agree on what label 3 means.
+
+Soft labels (``soft="ferplus"``, or the path of ``fer2013new.csv``): the FERPlus annotators'
+votes become per-image target distributions over FERPlus's 8 emotions. They come from an
+``.npz``'s ``ferplus_votes``, or from ``fer2013new.csv`` (row-aligned with ``fer2013.csv``; found
+beside the CSV or the npz, or given as a path; an npz's ``csv_row`` picks its rows). As in the
+FERPlus paper, images whose votes are mostly "unknown" or "not a face" are dropped; the rest get
+``votes / sum(votes)`` over the 8 emotions and their majority as the hard label (for accuracy).
+
+Everything is resized (once, up front) to the architecture's input size and colour, so an
+epoch is a loop over one uint8 tensor: no decoding, no workers, which is what a small CPU box
+trains fastest with.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgefer.classes import FER2013, FERPLUS, canonical
+from edgefer.errors import EdgeferError
+
+log = logging.getLogger(__name__)
+
+RAF_CLASSES = ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral")  # labels 1..7
+FERPLUS_COLUMNS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt", "unknown", "NF")
+RAF_LABELS = Path("EmoLabel") / "list_patition_label.txt"  # sic: the dataset's own spelling
+RAF_ALIGNED = Path("Image") / "aligned"
+
+
+@dataclass
+class Dataset:
+    """Labeled faces: ``images`` uint8 (N,H,W) / (N,H,W,C) or a list, ``labels`` int64 (N,)."""
+
+    images: Any
+    labels: np.ndarray
+    classes: list[str]
+    soft: np.ndarray | None = None  # (N, K) float32 target distributions, or None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, idx: np.ndarray) -> "Dataset":
+        idx = np.asarray(idx, np.int64)
+        imgs = self.images[idx] if isinstance(self.images, np.ndarray) else [self.images[i] for i in idx]
+        soft = None if self.soft is None else self.soft[idx]
+        prov = dict(self.provenance, count=int(len(idx)))
+        return Dataset(imgs, self.labels[idx], list(self.classes), soft, prov)
+
+    def class_counts(self) -> list[int]:
+        return np.bincount(self.labels, minlength=len(self.classes)).astype(int).tolist()
+
+
+# ----------------------------------------------------------------------------- RAF-DB
+def raf_root(path: Path) -> Path | None:
+    """The RAF-DB ``basic`` folder at or directly below ``path``, or None."""
+    for cand in (path, path / "basic"):
+        if (cand / RAF_LABELS).is_file():
+            return cand
+    return None
+
+
+def load_raf(root: Path, usage: str | None = None) -> Dataset:
+    """RAF-DB basic: ``usage`` ``train``/``Training`` or ``test``/``*Test``; None reads both."""
+    from edgefer.calibration.datasets import read_image
+
+    split = None
+    if usage:
+        split = "train" if usage.lower() in ("train", "training") else "test"
+    names, labels = [], []
+    for n, line in enumerate((root / RAF_LABELS).read_text().splitlines(), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2 or not parts[1].isdigit() or not 1 <= int(parts[1]) <= 7:
+            raise EdgeferError(f"{root / RAF_LABELS}, line {n}: expected '<name>.jpg <1..7>', got {line.strip()!r}")
+        if split and not parts[0].startswith(split + "_"):
+            continue
+        names.append(parts[0])
+        labels.append(int(parts[1]))
+    if not names:
+        raise EdgeferError(f"{root / RAF_LABELS}: no {split or ''} images listed")
+    to_fer = [FER2013.index(canonical(c)) for c in RAF_CLASSES]
+    images = []
+    for name in names:
+        stem, ext = os.path.splitext(name)
+        p = root / RAF_ALIGNED / f"{stem}_aligned{ext}"
+        if not p.exists():
+            raise EdgeferError(f"RAF-DB image {p} is missing (the basic layout keeps aligned faces in Image/aligned/)")
+        images.append(read_image(p))
+    from edgefer.calibration.datasets import stack_images
+
+    lab = np.asarray([to_fer[v - 1] for v in labels], np.int64)
+    return Dataset(stack_images(images), lab, list(FER2013), None,
+                   {"kind": "rafdb-basic", "path": str(root), "usage": split or "all"})
+
+
+# ----------------------------------------------------------------------------- FERPlus
+def read_ferplus_csv(path: Path) -> tuple[np.ndarray, list[str]]:
+    """(votes int16 (rows, 10), usage per row) of a FERPlus ``fer2013new.csv``."""
+    votes, usages = [], []
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = [h.strip() for h in next(reader, [])]
+        lower = [h.lower() for h in header]
+        if "image name" not in lower or not all(c.lower() in lower for c in FERPLUS_COLUMNS):
+            raise EdgeferError(f"{path}: not a FERPlus vote file (needs Usage, Image name, {', '.join(FERPLUS_COLUMNS)})")
+        cols = [lower.index(c.lower()) for c in FERPLUS_COLUMNS]
+        iu = lower.index("usage") if "usage" in lower else None
+        for n, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            try:
+                votes.append([int(row[c]) for c in cols])
+            except (ValueError, IndexError):
+                raise EdgeferError(f"{path}, line {n}: votes are not integers") from None
+            usages.append(row[iu].strip() if iu is not None else "")
+    return np.asarray(votes, np.int16).reshape(-1, len(FERPLUS_COLUMNS)), usages
+
+
+def votes_to_soft(votes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(keep mask, soft targets over FERPlus's 8 emotions, majority label) from (N,10) votes.
+
+    Dropped: rows without votes (-1), without emotion votes, or whose most voted column is
+    "unknown" or "NF" (not a face) -- the FERPlus paper's rule.
+    """
+    v = votes.astype(np.float32)
+    emo = v[:, :8]
+    valid = (v >= 0).all(axis=1)
+    keep = valid & (emo.sum(axis=1) > 0) & (emo.max(axis=1) >= v[:, 8:].max(axis=1))
+    soft = np.zeros_like(emo)
+    soft[keep] = emo[keep] / emo[keep].sum(axis=1, keepdims=True)
+    return keep, soft, soft.argmax(axis=1).astype(np.int64)
+
+
+def _find_ferplus(data: Path, soft: str) -> Path | None:
+    if soft.lower() != "ferplus":
+        p = Path(soft).expanduser()
+        if not p.is_file():
+            raise EdgeferError(f"soft labels: {soft!r} is neither 'ferplus' nor a fer2013new.csv file")
+        return p
+    base = data if data.is_dir() else data.parent
+    for cand in (base / "fer2013new.csv", base.parent / "ferplus" / "fer2013new.csv", base / "FERPlus" / "fer2013new.csv"):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def _apply_ferplus(ds: Dataset, data: Path, soft: str, table, usage: str | None) -> Dataset:
+    votes = None
+    source = None
+    npz_votes = table.kind == "npz" and "ferplus_votes" in np.load(data, allow_pickle=False).files
+    if npz_votes and soft.lower() == "ferplus":
+        votes = np.load(data, allow_pickle=False)["ferplus_votes"]
+        source = f"{data.name}:ferplus_votes"
+    else:
+        vfile = _find_ferplus(data, soft)
+        if vfile is None:
+            raise EdgeferError(
+                f"--soft-labels ferplus: no votes for {data} (an .npz with 'ferplus_votes', or fer2013new.csv "
+                "beside the data; or pass the path of fer2013new.csv)"
+            )
+        all_votes, usages = read_ferplus_csv(vfile)
+        source = str(vfile)
+        if table.kind == "npz":
+            z = np.load(data, allow_pickle=False)
+            if "csv_row" not in z.files:
+                raise EdgeferError(f"{data}: FERPlus votes from a CSV need the npz's 'csv_row' (its rows in fer2013.csv)")
+            rows = z["csv_row"].astype(np.int64)
+            votes = np.full((len(rows), len(FERPLUS_COLUMNS)), -1, np.int16)
+            ok = (rows >= 0) & (rows < len(all_votes))
+            votes[ok] = all_votes[rows[ok]]
+        elif table.kind == "fer2013-csv":
+            want = table.details.get("usage")
+            sel = np.arange(len(all_votes)) if want in (None, "all") else np.asarray(
+                [i for i, u in enumerate(usages) if u == want], np.int64)
+            if len(sel) != len(ds):
+                raise EdgeferError(
+                    f"{vfile} has {len(sel)} {want or ''} rows but {data} has {len(ds)}: the files are not row-aligned"
+                )
+            votes = all_votes[sel]
+        else:
+            raise EdgeferError(f"FERPlus soft labels need fer2013.csv or an .npz, not {table.kind} ({data})")
+    if len(votes) != len(ds):
+        raise EdgeferError(f"{source}: {len(votes)} vote rows for {len(ds)} images")
+    keep, soft_t, major = votes_to_soft(np.asarray(votes))
+    idx = np.flatnonzero(keep)
+    out = ds.subset(idx)
+    out.labels = major[idx]
+    out.soft = soft_t[idx]
+    out.classes = list(FERPLUS)
+    out.provenance.update(soft_labels="ferplus", votes=source, dropped_no_face_or_unknown=int((~keep).sum()))
+    return out
+
+
+# ----------------------------------------------------------------------------- entry points
+def file_digest(path: Path, limit: int = 1 << 30) -> str | None:
+    """sha256 of a data file (None for folders or files over ``limit`` bytes)."""
+    if not path.is_file() or path.stat().st_size > limit:
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def load_dataset(path: str | os.PathLike, usage: str | None = None, soft: str | None = None) -> Dataset:
+    """A labeled dataset from any supported form; ``soft`` adds FERPlus soft labels.
+
+    ``usage``: FER2013 CSV rows (``Training``/``PublicTest``/``PrivateTest``), Kaggle or RAF-DB
+    split (``Training`` -> train, ``*Test`` -> test); ignored for .npz and plain class folders.
+    """
+    from edgefer.calibration.datasets import USAGES, open_labeled
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise EdgeferError(f"data {str(path)!r} not found")
+    if p.is_dir() and raf_root(p) is not None:
+        if soft:
+            raise EdgeferError("FERPlus soft labels apply to FER2013 data, not RAF-DB")
+        return load_raf(raf_root(p), usage)
+    table = open_labeled(p, usage=usage if usage in USAGES else None)
+    images = table.all_images()
+    ds = Dataset(images, table.labels.copy(), list(table.classes), None,
+                 {"kind": table.kind, "path": str(p), "usage": table.details.get("usage"),
+                  "sha256": file_digest(p)})
+    if soft:
+        ds = _apply_ferplus(ds, p, soft, table, usage)
+    return ds
+
+
+def align_classes(ds: Dataset, classes: Sequence[str]) -> Dataset:
+    """Re-index ``ds`` labels (and soft targets) to ``classes`` by canonical name."""
+    if list(ds.classes) == list(classes):
+        return ds
+    want = [canonical(c) for c in classes]
+    have = [canonical(c) for c in ds.classes]
+    missing = [c for c in have if c not in want]
+    if missing:
+        raise EdgeferError(
+            f"validation classes {', '.join(ds.classes)} do not match the training classes {', '.join(classes)}"
+        )
+    mapping = np.asarray([want.index(c) for c in have], np.int64)
+    soft = None
+    if ds.soft is not None:
+        soft = np.zeros((len(ds), len(classes)), np.float32)
+        soft[:, mapping] = ds.soft
+    return Dataset(ds.images, mapping[ds.labels], list(classes), soft, dict(ds.provenance))
+
+
+def split_holdout(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """A stratified (train, val) split, used when no validation data is given."""
+    rng = np.random.default_rng(seed)
+    val = []
+    for c in range(len(ds.classes)):
+        idx = np.flatnonzero(ds.labels == c)
+        rng.shuffle(idx)
+        val.extend(idx[: int(round(len(idx) * fraction))])
+    val_idx = np.sort(np.asarray(val, np.int64))
+    tr_idx = np.setdiff1d(np.arange(len(ds)), val_idx)
+    tr, va = ds.subset(tr_idx), ds.subset(val_idx)
+    va.provenance["holdout"] = f"{fraction:.0%} stratified, seed {seed}"
+    return tr, va
+
+
+def to_tensor(ds: Dataset, size: Sequence[int], color: str):
+    """uint8 torch tensor (N, C, H, W) at the model's input size and colour."""
+    import torch
+
+    from edgefer.align import resize_faces
+    from edgefer.artifact import InputSpec
+
+    spec = InputSpec(dtype="uint8", layout="NHWC", size=[int(size[0]), int(size[1])], color=color)
+    chunks = []
+    n = len(ds)
+    for i in range(0, n, 4096):
+        part = ds.images[i : i + 4096]
+        chunks.append(resize_faces(part, spec))
+    arr = np.concatenate(chunks) if chunks else np.zeros((0, *spec.size, spec.channels), np.uint8)
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(0, 3, 1, 2)))
