@@ -1,0 +1,540 @@
+"""``export_model``: one model -> one artifact for a target and precision (what ``edgefer export`` runs).
+
+Steps, each visible in the progress bar:
+
+1. resolve the FP32 source (bundled name, artifact, or checkpoint + zoo architecture);
+2. collect calibration crops (INT8) from real face data, class-balanced, fixed seed, plus
+   held-out crops to check the result (or the ``val`` data when given);
+3. simplify the FP32 graph (constant folding, Pad/MaxPool fusion);
+4. convert for the target (ONNX / OpenVINO IR / TensorRT-ready ONNX or engine / Core ML
+   package) at the precision; for INT8 pick the QDQ variant that runs correctly on the target
+   and this CPU (see :mod:`edgefer.export.quantize`), or run NNCF for OpenVINO;
+5. load the artifact through edgefer's own backend and compare it with FP32 (agreement,
+   top-1 and drop when labels are known); ``max_drop`` makes that a gate;
+6. write the artifact folder: model files + ``manifest.json`` (input spec, classes,
+   calibration provenance, source checksum, tool versions, measurements).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import shlex
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgefer.align import resize_faces
+from edgefer.artifact import PRECISIONS, TARGETS, Manifest, write_artifact
+from edgefer.classes import canonical
+from edgefer.errors import CheckFailed, EdgeferError
+
+from . import quantize as q
+from .source import SourceModel, resolve_source
+
+log = logging.getLogger(__name__)
+
+CALIB_METHODS = q.METHODS
+INT8_VARIANTS = ("auto",) + tuple(q.VARIANTS)
+#: held-out crops drawn beside the calibration sample to check the result (no --val given)
+DEFAULT_CHECK = 300
+
+
+@dataclass
+class ExportResult:
+    """What an export produced, for the CLI summary and for callers such as the bench."""
+
+    path: Path
+    manifest: Manifest
+    size_mb: float
+    validation: dict[str, Any] | None = None
+    messages: list[str] = field(default_factory=list)
+    next_command: str | None = None
+
+
+class _Steps:
+    """One progress bar over the export's stages (tqdm; silent when progress is off)."""
+
+    def __init__(self, total: int, enabled: bool, desc: str):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc=desc, unit="step", disable=not enabled, leave=False,
+                        bar_format="{desc}: {n_fmt}/{total_fmt} {bar} {postfix}")
+        self.current = None
+
+    def __call__(self, what: str) -> None:
+        if self.current is not None:
+            self.bar.update(1)
+        self.current = what
+        self.bar.set_postfix_str(what)
+
+    def close(self) -> None:
+        if self.current is not None:
+            self.bar.update(1)
+        self.bar.close()
+
+
+def tool_versions(names: set[str]) -> dict[str, str]:
+    out = {"python": ".".join(map(str, sys.version_info[:3]))}
+    for n in sorted(names | {"edgefer", "numpy", "onnx", "onnxruntime"}):
+        try:
+            out[n] = importlib.metadata.version(n)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def command_line(model: str, target: str, precision: str, **kw: Any) -> str:
+    """The ``edgefer export`` command that reproduces an export (recorded in the manifest)."""
+    parts = ["edgefer", "export", model, "--target", target]
+    if precision != "fp32":
+        parts.append(f"--{precision}")
+    flags = {
+        "calib": "--calib", "calib_size": "--calib-size", "calib_method": "--calib-method", "calib_usage": "--calib-usage",
+        "seed": "--seed", "arch": "--arch", "classes": "--classes", "device": "--device", "max_drop": "--max-drop",
+        "val": "--val", "int8_variant": "--int8-variant", "output": "-o",
+    }
+    for k, flag in flags.items():
+        v = kw.get(k)
+        if v is None or v is False:
+            continue
+        if k == "classes":
+            v = ",".join(v)
+        parts += [flag, str(v)]
+    if kw.get("nncf"):
+        parts.append("--nncf")
+    if kw.get("calib_detect"):
+        parts.append("--calib-detect")
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def map_labels(data_classes: list[str], model_classes: list[str], labels: np.ndarray) -> np.ndarray:
+    """Dataset label indices -> model output indices, by canonical emotion name."""
+    mc = [canonical(c) for c in model_classes]
+    dc = [canonical(c) for c in data_classes]
+    if dc == mc:
+        return labels
+    missing = [c for c in set(dc[i] for i in np.unique(labels)) if c not in mc]
+    if missing:
+        raise EdgeferError(
+            f"validation labels {', '.join(sorted(missing))} are not classes of the model ({', '.join(model_classes)})"
+        )
+    lut = np.array([mc.index(c) if c in mc else -1 for c in dc], np.int64)
+    return lut[labels]
+
+
+def _dir_size(p: Path) -> int:
+    return sum(q.stat().st_size for q in p.rglob("*") if q.is_file()) if p.is_dir() else p.stat().st_size
+
+
+def _artifact_size(art_dir: Path, man: Manifest) -> float:
+    total = 0
+    for rel in man.files.values():
+        for r in rel if isinstance(rel, list) else [rel]:
+            p = art_dir / r
+            if p.exists():
+                total += _dir_size(p)
+                data = p.with_name(p.name + ".data")
+                if data.exists():
+                    total += data.stat().st_size
+    return total / 1e6
+
+
+def default_output(src: SourceModel, target: str, precision: str, nncf: bool) -> Path:
+    suffix = "-nncf" if nncf else ""
+    return Path.cwd() / f"{src.manifest.name}-{target}-{precision}{suffix}"
+
+
+def _install(staging: Path, out_dir: Path, files: list[str]) -> None:
+    """Move produced files into the output folder, replacing what was there under those names."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in files:
+        dst = out_dir / name
+        if dst.is_dir():
+            shutil.rmtree(dst)
+        elif dst.exists():
+            dst.unlink()
+        shutil.move(str(staging / name), str(dst))
+
+
+def export_model(
+    model: str,
+    target: str = "onnx",
+    precision: str = "fp32",
+    *,
+    calib: str | None = None,
+    calib_size: int = 300,
+    calib_method: str = "minmax",
+    calib_usage: str | None = "Training",
+    calib_detect: bool | None = None,
+    seed: int = 0,
+    arch: str | None = None,
+    classes: list[str] | None = None,
+    device: str | None = None,
+    nncf: bool = False,
+    max_drop: float | None = None,
+    val: str | None = None,
+    val_usage: str | None = "PublicTest",
+    val_size: int | None = None,
+    int8_variant: str = "auto",
+    output: str | Path | None = None,
+    progress: bool = True,
+    check_size: int = DEFAULT_CHECK,
+    build_engine: bool | None = None,
+) -> ExportResult:
+    """Export ``model`` to an artifact folder for ``target`` at ``precision``; see the module doc."""
+    # ---- arguments
+    if target not in TARGETS:
+        raise EdgeferError(f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
+    if precision not in PRECISIONS:
+        raise EdgeferError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if calib_method not in CALIB_METHODS:
+        raise EdgeferError(f"unknown calibration method {calib_method!r}; choose from {', '.join(CALIB_METHODS)}")
+    if int8_variant not in INT8_VARIANTS:
+        raise EdgeferError(f"unknown INT8 variant {int8_variant!r}; choose from {', '.join(INT8_VARIANTS)}")
+    if calib_size < 1:
+        raise EdgeferError("--calib-size must be at least 1")
+    if max_drop is not None and val is None:
+        raise EdgeferError("--max-drop needs labeled validation data: pass --val (fer2013.csv, class folders or .npz)")
+    if max_drop is not None and max_drop < 0:
+        raise EdgeferError("--max-drop is in accuracy points and must be >= 0")
+    if nncf and not (target == "openvino" and precision == "int8"):
+        raise EdgeferError("--nncf quantizes OpenVINO models: use it with --target openvino --int8")
+    if target == "trt" and int8_variant not in ("auto", "s8s8", "s8s8-rr"):
+        raise EdgeferError("TensorRT needs symmetric int8 (zero point 0): --int8-variant s8s8 or s8s8-rr")
+    use_ac = target == "openvino" and precision == "int8" and max_drop is not None
+    nncf = nncf or use_ac
+    if device and target == "openvino":
+        device = device.upper()
+
+    cmd = command_line(
+        model, target, precision, calib=calib, calib_size=calib_size if precision == "int8" and calib else None,
+        calib_method=calib_method if precision == "int8" and calib and not nncf else None,
+        calib_usage=None if calib_usage in (None, "Training") else calib_usage, calib_detect=calib_detect,
+        seed=seed if seed else None, arch=arch, classes=classes, device=device, nncf=nncf, max_drop=max_drop, val=val,
+        int8_variant=None if int8_variant == "auto" else int8_variant, output=output,
+    )
+    used: set[str] = set()
+    messages: list[str] = []
+    n_steps = 4 + (val is not None) + (calib is not None)
+    steps = _Steps(n_steps, progress, f"export {target} {precision}")
+    try:
+        with tempfile.TemporaryDirectory(prefix="edgefer-export-") as tmp:
+            work = Path(tmp)
+            steps("load model")
+            src = resolve_source(model, target, arch=arch, classes=classes, workdir=work)
+            if src.origin == "checkpoint":
+                used.add("torch")
+            if src.notes.get("trt_ready"):
+                return _build_engine_on_device(src, output, steps, messages, cmd)
+            return _export(src, work, target, precision, calib, calib_size, calib_method, calib_usage, calib_detect,
+                           seed, device, nncf, max_drop, use_ac, val, val_usage, val_size, int8_variant, output,
+                           progress, check_size, build_engine, steps, used, messages, cmd)
+    finally:
+        steps.close()
+
+
+def _export(src, work, target, precision, calib, calib_size, calib_method, calib_usage, calib_detect, seed, device,
+            nncf, max_drop, use_ac, val, val_usage, val_size, int8_variant, output, progress, check_size,
+            build_engine, steps, used, messages, cmd) -> ExportResult:
+    from edgefer.calibration.datasets import open_labeled
+    from edgefer.calibration.samples import collect
+
+    from . import graph
+    from .validate import compare, predict_artifact, predict_onnxruntime, predict_openvino, simulate_qdq
+
+    man0 = src.manifest
+    spec = man0.input
+    classifier = man0.kind == "classifier"
+    coreml_int8_weights_only = target == "coreml" and precision == "int8"
+    if precision == "int8" and not classifier:
+        raise EdgeferError(f"INT8 export of {man0.kind}s is not supported (calibration collects face crops); use --fp16")
+    if precision == "int8" and not calib and not coreml_int8_weights_only:
+        raise EdgeferError(
+            "--int8 needs calibration data: pass --calib with face data the model will see, e.g. "
+            "fer2013.csv, a .npz of faces (edgefer calibrate), a folder of class folders, or a video/photos of faces "
+            f"(--calib-size N, default {calib_size})"
+        )
+    if target == "coreml" and src.torch_factory is None:
+        raise EdgeferError(
+            f"Core ML export converts the torch module, and none is known for {man0.name}: "
+            "export its checkpoint (edgefer export model.pth --arch NAME --target coreml)"
+        )
+
+    # ---- validation data (labeled) and calibration crops
+    val_x = val_y = None
+    if val is not None:
+        if not classifier:
+            raise EdgeferError("--val measures classifiers; the model is a " + man0.kind)
+        steps("read validation data")
+        table = open_labeled(val, usage=val_usage)
+        idx = np.arange(len(table))
+        if val_size and val_size < len(idx):
+            idx = np.sort(np.random.default_rng(seed).permutation(len(idx))[:val_size])
+        val_x = resize_faces(table.fetch(idx), spec)
+        val_y = map_labels(table.classes, man0.classes, table.labels[idx])
+    cal = check = None
+    if precision == "int8" and calib and not (target == "coreml" and not _coreml_calibrates()):
+        steps("collect calibration crops")
+        want_check = 0 if val_x is not None else check_size
+        cs = collect(calib, spec, man0.crop, count=calib_size, seed=seed, usage=calib_usage, detect=calib_detect,
+                     progress=progress, model_classes=man0.classes, holdout=want_check)
+        n_cal = min(calib_size, len(cs))
+        cal, check = cs.split(n_cal)
+        if cal.labels is not None and cal.classes:
+            counts = np.bincount(cal.labels, minlength=len(cal.classes))
+            cal.provenance["per_class"] = {c: int(k) for c, k in zip(cal.classes, counts)}
+        if len(check) == 0 and val_x is None:
+            check = cal
+            messages.append(f"only {len(cal)} calibration crops: checked on the calibration crops themselves (no held-out faces)")
+    elif calib and val_x is None and classifier and target != "coreml":
+        # FP32/FP16 need no calibration, but faces given with --calib still check the result
+        steps("collect check crops")
+        check = collect(calib, spec, man0.crop, count=check_size, seed=seed, usage=calib_usage, detect=calib_detect,
+                        progress=progress, model_classes=man0.classes)
+    # what the result is checked on: --val, else held-out calibration crops, else the calibration crops
+    if val_x is not None:
+        chk_x, chk_y, chk_desc = val_x, val_y, f"--val {Path(val).name} ({len(val_x)} faces)"
+    elif check is not None:
+        chk_x = check.model_input(spec)
+        chk_y = None
+        if check.labels is not None and check.classes and classifier:
+            try:
+                chk_y = map_labels(check.classes, man0.classes, check.labels)
+            except EdgeferError:
+                chk_y = None
+        chk_desc = f"{len(chk_x)} {'held-out ' if cal is not None and check is not cal else ''}crops from {Path(calib).name}"
+    else:
+        chk_x = chk_y = None
+        chk_desc = None
+
+    # ---- the FP32 graph everything starts from
+    steps("simplify FP32 graph")
+    fp32 = graph.simplify(src.onnx_path, work / "fp32.onnx")
+    ref = predict_onnxruntime(fp32, chk_x) if chk_x is not None else None
+
+    staging = work / "out"
+    staging.mkdir()
+    files: dict[str, str] = {}
+    extra: dict[str, Any] = {}
+    calibration: dict[str, Any] | None = None
+    cpu = q.cpu_profile()
+    cal_x = cal.model_input(spec) if cal is not None else None
+    if cal is not None:
+        calibration = {**{k: v for k, v in cal.provenance.items() if k not in ("requested",)},
+                       "method": "nncf" if nncf else calib_method, "count": len(cal)}
+        if check is not None and check is not cal and val_x is None:
+            calibration["held_out_checked"] = len(check)
+
+    steps(f"convert to {target} {precision}")
+    next_command = None
+    if target == "onnx":
+        used.add("onnxruntime")
+        if precision == "fp32":
+            shutil.copy(fp32, staging / "model.onnx")
+        elif precision == "fp16":
+            from .fp16 import convert
+
+            used.add("onnxconverter-common")
+            convert(fp32, staging / "model.onnx")
+        else:
+            choice = q.choose_variant("onnx", fp32, work, spec.name, cal_x, chk_x, ref, predict_onnxruntime, simulate_qdq,
+                                      method=calib_method, forced=int8_variant, cpu=cpu, check_labels=chk_y,
+                                      check_desc=chk_desc)
+            shutil.copy(choice.path, staging / "model.onnx")
+            extra["int8"] = _int8_extra(choice, cpu, "onnxruntime", chk_desc)
+        files["model"] = "model.onnx"
+    elif target == "openvino":
+        from .openvino_export import int8_layer_count, nncf_quantize, save_ir
+
+        used.add("openvino")
+        xml = staging / "model.xml"
+        if precision in ("fp32", "fp16"):
+            save_ir(fp32, xml, fp16=precision == "fp16")
+            extra["openvino"] = {"compress_to_fp16": precision == "fp16"}
+        elif nncf:
+            used.add("nncf")
+            qm, report = nncf_quantize(fp32, cal_x, overflow_fix=q.overflow_risk(cpu),
+                                       val_inputs=val_x if use_ac else None, val_labels=val_y if use_ac else None,
+                                       max_drop=max_drop if use_ac else None)
+            report["fake_quantize_ops"] = int8_layer_count(qm).get("FakeQuantize", 0)
+            report["reason"] = (
+                f"{cpu['cpu']}: no VNNI, NNCF overflow fix on every layer (7-bit weights)" if q.overflow_risk(cpu)
+                else f"{cpu['cpu']}: VNNI present, NNCF defaults"
+            )
+            save_ir(qm, xml, fp16=False)
+            extra["int8"] = {**report, "cpu": cpu["cpu"], "vnni": cpu["vnni"]}
+        else:
+            import openvino as ov
+
+            def ov_predict(p: Path, x: np.ndarray) -> np.ndarray:
+                return predict_openvino(ov.convert_model(str(p)), x, device or "CPU")
+
+            choice = q.choose_variant("openvino", fp32, work, spec.name, cal_x, chk_x, ref, ov_predict, simulate_qdq,
+                                      method=calib_method, forced=int8_variant, cpu=cpu, check_labels=chk_y,
+                                      check_desc=chk_desc)
+            save_ir(choice.path, xml, fp16=False)
+            extra["int8"] = _int8_extra(choice, cpu, "openvino", chk_desc)
+        files["model"] = "model.xml"
+        files["weights"] = "model.bin"
+    elif target == "trt":
+        from .trt_export import build_into, device_command, readiness, tensorrt_here
+
+        if precision == "fp32":
+            shutil.copy(fp32, staging / "model.onnx")
+        elif precision == "fp16":
+            from .fp16 import convert
+
+            used.add("onnxconverter-common")
+            convert(fp32, staging / "model.onnx")
+            shutil.copy(fp32, staging / "model_fp32.onnx")
+            files["onnx_fp32"] = "model_fp32.onnx"
+        else:
+            choice = q.choose_variant("trt", fp32, work, spec.name, cal_x, chk_x, ref, predict_onnxruntime, simulate_qdq,
+                                      method=calib_method, forced=int8_variant, cpu=cpu, check_labels=chk_y,
+                                      check_desc=chk_desc)
+            shutil.copy(choice.path, staging / "model.onnx")
+            extra["int8"] = _int8_extra(choice, cpu, "tensorrt", chk_desc)
+            if chk_x is not None:  # what the graph computes exactly; TensorRT's int8 kernels should match it
+                extra["int8"]["simulated"] = compare(simulate_qdq(staging / "model.onnx", chk_x), ref, chk_y)
+        findings, summ = readiness(staging / "model.onnx")
+        extra["trt_readiness"] = findings
+        messages.append(f"model.onnx: {summ}")
+        here, why = tensorrt_here()
+        if build_engine is None:
+            build_engine = here
+        if build_engine:
+            if not here:
+                raise EdgeferError(f"cannot build a TensorRT engine here: {why}")
+            used.add("tensorrt")
+            eng, meta = build_into(staging, "model.onnx", precision, files.get("onnx_fp32"))
+            files["model"] = eng
+            files["onnx"] = "model.onnx"
+            extra["trt"] = meta
+        else:
+            files["model"] = "model.onnx"
+            extra["trt_build"] = {"status": "TensorRT-ready ONNX; build the engine on the device", "why_not_here": why}
+    elif target == "coreml":
+        from .coreml_export import check_package, convert, inspect_package
+
+        used.update({"coremltools", "torch"})
+        pkg = staging / "model.mlpackage"
+        report = convert(src.torch_factory, spec, pkg, precision, cal_x, output_name=man0.output)
+        insp = inspect_package(pkg)
+        problems = check_package(insp, spec, len(man0.classes or []), precision, output_name=man0.output)
+        if problems:
+            raise EdgeferError("the Core ML package does not fit the manifest: " + "; ".join(problems))
+        report["validated"] = {k: insp[k] for k in ("model_type", "specification_version", "inputs", "outputs",
+                                                   "int8_weight_ops", "activation_quant_ops", "compute")}
+        report["ops"] = insp["ops"]
+        extra["coreml"] = report
+        files["model"] = "model.mlpackage"
+        if precision == "int8" and calibration is None:
+            calibration = {"method": "none (weight-only int8, no activation calibration)"}
+
+    # ---- manifest, then load it back through the runtime and compare with FP32
+    steps("validate")
+    man = Manifest.from_dict(man0.to_dict())
+    man.target = target
+    man.precision = precision
+    man.files = files
+    man.calibration = calibration
+    base_prov = dict(man0.provenance or {})
+    man.provenance = {
+        "source": {"ref": src.ref, "kind": src.origin, "sha256": src.checksum,
+                   "name": man0.name, "arch": man0.arch},
+        "command": cmd,
+        "tools": tool_versions(used),
+        "machine": {k: cpu[k] for k in ("machine", "cpu", "vnni")},
+        "base": {k: v for k, v in base_prov.items() if k != "tools"},
+    }
+    extra["check_data"] = chk_desc
+    man.extra = {**(man0.extra or {}), **extra}
+    write_artifact(man, staging)
+    validation = None
+    if chk_x is not None and target in ("onnx", "openvino"):
+        opts = {"device": device} if (device and target == "openvino") else {}
+        pred, binfo = predict_artifact(staging, chk_x, "onnxruntime" if target == "onnx" else "openvino", **opts)
+        validation = {**compare(pred, ref, chk_y), "on": chk_desc, "backend": binfo}
+        man.extra["validation"] = validation
+        if target == "openvino" and precision == "int8":
+            executes = binfo.get("compute_layers", {})
+            if not executes.get("int8"):
+                messages.append(f"warning: OpenVINO runs no layer in int8 on {binfo.get('device')} ({executes})")
+    elif chk_x is not None and target == "trt" and "int8" in extra and "simulated" in extra["int8"]:
+        validation = {**extra["int8"]["simulated"], "on": chk_desc, "backend": "onnxruntime QDQ simulation (TensorRT not run)"}
+
+    out_dir = Path(output) if output else default_output(src, target, precision, nncf)
+    if out_dir.resolve() == (src.artifact.root.resolve() if src.artifact else None):
+        raise EdgeferError(f"the output folder {out_dir} is the source artifact's folder; choose another -o")
+    produced = [f for f in files.values()] + (["model.bin"] if target == "openvino" else [])
+    _install(staging, out_dir, sorted(set(produced)))
+    write_artifact(man, out_dir)
+    size = _artifact_size(out_dir, man)
+    if target == "trt" and files["model"].endswith(".onnx"):
+        next_command = device_command(out_dir)
+    result = ExportResult(out_dir, man, size, validation, messages, next_command)
+    if max_drop is not None and validation is not None and "drop_points" in validation:
+        if validation["drop_points"] > max_drop:
+            raise CheckFailed(
+                f"{out_dir.name}: top-1 drop {validation['drop_points']:.2f} points > --max-drop {max_drop} "
+                f"({validation['top1']:.2%} vs FP32 {validation['fp32_top1']:.2%} on {chk_desc}); artifact written anyway"
+            )
+    return result
+
+
+def _coreml_calibrates() -> bool:
+    from .coreml_export import can_predict
+
+    return can_predict()
+
+
+def _int8_extra(choice: q.VariantChoice, cpu: dict[str, Any], runtime: str, chk_desc: str | None) -> dict[str, Any]:
+    return {
+        **q.describe_variant(choice.variant),
+        "format": "QDQ (explicit quantization)",
+        "chosen_for": runtime,
+        "reason": choice.reason,
+        "measured": choice.scores,
+        "measured_on": chk_desc,
+        "cpu": cpu["cpu"],
+        "vnni": cpu["vnni"],
+        "tensorrt_ready": q.VARIANTS[choice.variant]["symmetric"] and q.VARIANTS[choice.variant]["activation"] == "int8",
+    }
+
+
+def _build_engine_on_device(src: SourceModel, output, steps, messages, cmd) -> ExportResult:
+    """``edgefer export TRT_READY_ARTIFACT --target trt`` on the device: build its engine."""
+    from .trt_export import build_into, readiness, tensorrt_here
+
+    here, why = tensorrt_here()
+    if not here:
+        raise EdgeferError(
+            f"{src.artifact.describe()} is TensorRT-ready; building its engine needs TensorRT and a GPU, and this machine has none ({why})"
+        )
+    art = src.artifact
+    man = Manifest.from_dict(art.manifest.to_dict())
+    out_dir = Path(output) if output else art.root
+    onnx_rel = man.files.get("onnx") or man.files["model"]
+    if out_dir.resolve() != art.root.resolve():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for role, rel in man.files.items():
+            if role != "model" or rel.endswith(".onnx"):
+                shutil.copy(art.root / rel, out_dir / rel)
+    steps("readiness check")
+    findings, summ = readiness(out_dir / onnx_rel)
+    steps("build engine")
+    eng, meta = build_into(out_dir, onnx_rel, man.precision, man.files.get("onnx_fp32"))
+    man.files["model"] = eng
+    man.files["onnx"] = onnx_rel
+    man.extra = {**(man.extra or {}), "trt": meta, "trt_readiness": findings}
+    man.extra.pop("trt_build", None)
+    man.provenance = {**man.provenance, "engine_command": cmd, "tools": {**man.provenance.get("tools", {}), **tool_versions({"tensorrt"})}}
+    write_artifact(man, out_dir)
+    messages.append(f"engine built for {meta.get('gpu')} (sm {meta.get('compute_capability')}), TensorRT {meta['tensorrt']}")
+    return ExportResult(out_dir, man, _artifact_size(out_dir, man), None, messages, None)
