@@ -81,6 +81,7 @@ class TrainConfig:
     quiet: bool = False
     command: str | None = None
     build: dict[str, Any] = field(default_factory=dict)  # extra zoo.build kwargs
+    init: str | None = None  # start from these weights (a best.pth of an earlier run), fresh schedule
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -424,6 +425,15 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> dict[str
     build_kw = {"num_classes": k, **(cfg.build or {})}
     _set_seed(cfg.seed, -1)
     model = zoo.build(cfg.arch, **build_kw).to(memory_format=torch.channels_last)
+    if cfg.init and state is None:
+        if not Path(cfg.init).is_file():
+            raise EdgeferError(f"--init {cfg.init}: no such checkpoint")
+        try:
+            model.load_state_dict(load_state_dict(cfg.init))
+        except EdgeferError:
+            raise
+        except Exception as e:  # noqa: BLE001 - wrong arch / class count: one line
+            raise EdgeferError(f"--init {cfg.init}: does not fit {cfg.arch} ({str(e).splitlines()[0][:160]})") from None
     ema = EMA(model, cfg.ema_decay) if cfg.ema else None
 
     decay, no_decay = [], []
