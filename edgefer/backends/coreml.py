@@ -22,13 +22,13 @@ UNITS = {"all": "ALL", "cpu": "CPU_ONLY", "gpu": "CPU_AND_GPU", "ane": "CPU_AND_
 
 
 def _check_available() -> None:
-    import coremltools  # noqa: F401
-
+    # the platform first: importing coremltools off macOS prints a warning per missing native proxy
     if platform.system() != "Darwin":
         raise RuntimeError(
-            f"Core ML runs models only on macOS (this is {platform.system()}); coremltools here can convert "
-            "and inspect packages (edgefer export --target coreml) but not predict"
+            f"Core ML runs models only on macOS (this is {platform.system()}); coremltools can convert "
+            "and inspect packages elsewhere (edgefer export --target coreml) but not predict"
         )
+    import coremltools  # noqa: F401
 
 
 class CoreMLBackend(Backend):

@@ -1,0 +1,669 @@
+"""The bench: speed and accuracy of one classifier on every backend x precision, side by side.
+
+Rows are (target, precision) pairs: ``onnx`` runs on ONNX Runtime, ``openvino`` on OpenVINO,
+``trt`` on TensorRT, ``coreml`` on Core ML. The bench exports what it needs with
+``edgefer.export`` (into ``--workdir``, a temporary folder by default) or takes artifacts the
+user already built (``--artifact``, repeatable; an ensemble manifest is one more row).
+
+Per row: status and reason, artifact size, load/compile seconds, latency p50/p90/p99 per batch
+size (warm-up first, then at least ``min_runs`` runs and ``min_seconds`` of them), throughput,
+and with ``--data``: top-1, top-2, macro-F1, the drop against the FP32 reference (FP32 minus the
+row, in points: positive means worse), per-class recall drop and the worst class, agreement
+with the FP32 predictions and their mean KL divergence. With ``--video``: the end-to-end fps and
+p99 frame latency of the full detect -> classify loop with this row's classifier, the
+decode-only fps of the same frames and their ratio. Peak resident memory per row (Linux: the
+high-water mark is reset before each row).
+
+Labels are matched to the model's classes by name (:func:`edgefer.classes.canonical`), so a
+4-class EmoTorch model is scored on FER2013 data over the classes both share, and the output
+says which. The JSON schema is versioned (``SCHEMA``) and documented in benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .artifact import DEFAULT_CLASSIFIER, DEFAULT_DETECTOR, load
+from .backends import available
+from .classes import canonical
+from .errors import EdgeferError
+
+log = logging.getLogger(__name__)
+
+SCHEMA = 1
+TARGETS = ("onnx", "openvino", "trt", "coreml")
+PRECISIONS = ("fp32", "fp16", "int8")
+BACKEND_OF = {"onnx": "onnxruntime", "openvino": "openvino", "trt": "tensorrt", "coreml": "coreml"}
+STATUSES = ("ok", "export-failed", "run-failed", "unavailable", "skipped")
+
+
+@dataclass
+class BenchConfig:
+    model: str = DEFAULT_CLASSIFIER
+    detector: str = DEFAULT_DETECTOR
+    targets: list[str] = field(default_factory=lambda: list(TARGETS))
+    precisions: list[str] = field(default_factory=lambda: list(PRECISIONS))
+    artifacts: list[str] = field(default_factory=list)
+    data: str | None = None
+    data_usage: str | None = "PublicTest"
+    data_size: int | None = None
+    calib: str | None = None
+    calib_size: int = 300
+    calib_method: str = "minmax"
+    arch: str | None = None
+    video: str | None = None
+    video_frames: int | None = 300
+    batches: list[int] = field(default_factory=lambda: [1, 32])
+    threads: int | None = None
+    warmup: int = 10
+    min_runs: int = 50
+    min_seconds: float = 1.0
+    max_seconds: float = 5.0
+    workdir: str | None = None
+    progress: bool = True
+
+
+# ----------------------------------------------------------------------------- machine
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    flags: list[str] = []
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and cpu in ("", platform.machine(), "x86_64", "aarch64"):
+                cpu = line.split(":", 1)[1].strip()
+            if line.startswith(("flags", "Features")) and not flags:
+                flags = line.split(":", 1)[1].split()
+    except OSError:
+        pass
+    if sys.platform == "darwin":
+        try:
+            import subprocess
+
+            cpu = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
+                                 timeout=5).stdout.strip() or cpu
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+    versions: dict[str, str] = {"python": platform.python_version(), "numpy": np.__version__}
+    from importlib import metadata
+
+    for key, dists in (("onnxruntime", ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino")),
+                       ("openvino", ("openvino",)), ("tensorrt", ("tensorrt", "tensorrt-cu12", "tensorrt-cu13")),
+                       ("coremltools", ("coremltools",)),
+                       ("opencv", ("opencv-python-headless", "opencv-python", "opencv-contrib-python")),
+                       ("torch", ("torch",))):
+        for d in dists:  # read from package metadata: importing coremltools on Linux prints warnings
+            try:
+                versions[key] = metadata.version(d)
+                break
+            except metadata.PackageNotFoundError:
+                continue
+    if "tensorrt" not in versions:  # JetPack installs TensorRT's Python bindings without pip metadata
+        try:
+            import tensorrt  # type: ignore
+
+            versions["tensorrt"] = tensorrt.__version__
+        except Exception:  # noqa: BLE001
+            pass
+    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16",
+                       "asimddp", "i8mm", "bf16") if f in flags]
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "os": f"{platform.system()} {platform.release()}",
+        "arch": platform.machine(), "isa": isa, "versions": versions,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+# ----------------------------------------------------------------------------- memory
+def _reset_peak() -> bool:
+    """Reset the process's resident high-water mark (Linux), so each row reads its own peak."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_mb() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    try:
+        import resource
+
+        r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return round(r / (1024 * 1024) if sys.platform == "darwin" else r / 1024, 1)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+# ----------------------------------------------------------------------------- data + metrics
+@dataclass
+class Scoring:
+    """Labels matched to a model's classes by name."""
+
+    images: Any
+    labels: np.ndarray  # indices into data_classes
+    data_classes: list[str]
+    source: str
+
+    def for_model(self, classes: list[str]) -> dict[str, Any]:
+        """Indices of the scored samples, their labels as model-class indices, and the shared classes."""
+        mc = [canonical(c) for c in classes]
+        dc = [canonical(c) for c in self.data_classes]
+        shared = [c for c in mc if c in dc]
+        if not shared:
+            raise EdgeferError(
+                f"the data's classes ({', '.join(self.data_classes)}) share none with the model's ({', '.join(classes)})"
+            )
+        to_model = np.array([mc.index(c) if c in mc else -1 for c in dc])
+        mapped = to_model[self.labels]
+        keep = np.flatnonzero(mapped >= 0)
+        return {
+            "keep": keep, "y": mapped[keep], "shared": [classes[mc.index(c)] for c in shared],
+            "mask": np.array([c in dc for c in mc]), "partial": len(shared) < len(mc) or len(shared) < len(dc),
+            "dropped_classes": [self.data_classes[i] for i, c in enumerate(dc) if c not in mc],
+            "unscored_classes": [classes[i] for i, c in enumerate(mc) if c not in dc],
+        }
+
+
+def load_scoring(path: str, usage: str | None, size: int | None, seed: int = 0) -> Scoring:
+    from edgefer.calibration.datasets import open_labeled
+
+    t = open_labeled(path, usage=usage)
+    idx = np.arange(len(t))
+    if size is not None and size < len(t):
+        idx = np.sort(np.random.default_rng(seed).choice(len(t), size, replace=False))
+    images = t.fetch(idx)
+    return Scoring(images, np.asarray(t.labels)[idx], list(t.classes), f"{path}" + (f" [{usage}]" if t.kind == "csv" else ""))
+
+
+def accuracy(probs: np.ndarray, sc: dict[str, Any]) -> dict[str, Any]:
+    """top-1/top-2/macro-F1/per-class recall over the shared classes (others masked out)."""
+    p = probs[sc["keep"]].copy()
+    p[:, ~sc["mask"]] = -np.inf
+    y = sc["y"]
+    order = np.argsort(-p, axis=1)
+    pred = order[:, 0]
+    top1 = float((pred == y).mean() * 100) if len(y) else float("nan")
+    top2 = float((order[:, :2] == y[:, None]).any(1).mean() * 100) if len(y) else float("nan")
+    recall, f1s = {}, []
+    k = probs.shape[1]
+    for c in range(k):
+        if not sc["mask"][c]:
+            continue
+        tp = int(((pred == c) & (y == c)).sum())
+        support = int((y == c).sum())
+        predicted = int((pred == c).sum())
+        r = tp / support if support else float("nan")
+        prec = tp / predicted if predicted else 0.0
+        f1s.append(2 * prec * r / (prec + r) if support and (prec + r) > 0 else 0.0)
+        recall[c] = r * 100
+    return {"top1": top1, "top2": top2, "macro_f1": float(np.mean(f1s) * 100) if f1s else float("nan"),
+            "recall": recall, "pred": pred}
+
+
+def kl_div(p_ref: np.ndarray, p: np.ndarray) -> float:
+    eps = 1e-7
+    a = np.clip(p_ref, eps, 1.0)
+    b = np.clip(p, eps, 1.0)
+    return float(np.mean(np.sum(a * (np.log(a) - np.log(b)), axis=1)))
+
+
+# ----------------------------------------------------------------------------- timing
+def time_batches(run: Callable[[np.ndarray], Any], faces: np.ndarray, batches: list[int], cfg: BenchConfig) -> dict:
+    out = {}
+    for b in batches:
+        reps = int(np.ceil(b / len(faces)))
+        x = np.ascontiguousarray(np.concatenate([faces] * reps)[:b])
+        for _ in range(cfg.warmup):
+            run(x)
+        ms: list[float] = []
+        t_start = time.perf_counter()
+        while True:
+            t0 = time.perf_counter()
+            run(x)
+            ms.append((time.perf_counter() - t0) * 1e3)
+            spent = time.perf_counter() - t_start
+            if (len(ms) >= cfg.min_runs and spent >= cfg.min_seconds) or spent >= cfg.max_seconds:
+                break
+        a = np.asarray(ms)
+        out[f"b{b}"] = {"p50": round(float(np.percentile(a, 50)), 4), "p90": round(float(np.percentile(a, 90)), 4),
+                        "p99": round(float(np.percentile(a, 99)), 4), "mean": round(float(a.mean()), 4),
+                        "runs": len(ms)}
+    return out
+
+
+# ----------------------------------------------------------------------------- rows
+def _row(target: str, precision: str, status: str, reason: str = "", **kw: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "target": target, "precision": precision, "status": status, "reason": reason or None,
+        "backend": BACKEND_OF.get(target, target), "artifact": None, "size_mb": None, "load_s": None,
+        "latency_ms": {}, "throughput": None, "top1": None, "top2": None, "macro_f1": None, "top1_drop": None,
+        "per_class_drop": {}, "worst_class": None, "agreement": None, "kl": None,
+        "e2e_fps": None, "e2e_p99_ms": None, "decode_fps": None, "e2e_ratio": None, "peak_mb": None,
+        "executes": None, "threads": None,
+    }
+    row.update(kw)
+    return row
+
+
+def artifact_size_mb(art) -> float:
+    total = 0
+    for rel in art.manifest.files.values():
+        for r in rel if isinstance(rel, list) else [rel]:
+            p = art.root / r
+            if p.is_file():
+                total += p.stat().st_size
+            elif p.is_dir():  # Core ML packages are folders
+                total += sum(q.stat().st_size for q in p.rglob("*") if q.is_file())
+    return round(total / 1e6, 3)
+
+
+def _one_line(e: BaseException) -> str:
+    s = str(e).strip().splitlines()
+    return (s[0] if s else type(e).__name__)[:300]
+
+
+class Bench:
+    def __init__(self, cfg: BenchConfig, say: Callable[[str], None] | None = None):
+        self.cfg = cfg
+        self.say = say or (lambda m: None)
+        self.rows: list[dict[str, Any]] = []
+        self.notes: list[str] = []
+        self.scoring: Scoring | None = None
+        self._ref_probs: np.ndarray | None = None
+        self._ref_acc: dict[str, Any] | None = None
+        self._decode: tuple[float, int] | None = None
+        self._tmp: tempfile.TemporaryDirectory | None = None
+
+    # -------------------------------------------------------------- plan
+    def plan(self) -> list[tuple[str, str, str | None]]:
+        """(target, precision, artifact path or None = export) for every row, FP32 first per target."""
+        rows: list[tuple[str, str, str | None]] = []
+        for t in self.cfg.targets:
+            for p in sorted(self.cfg.precisions, key=PRECISIONS.index):
+                rows.append((t, p, None))
+        for a in self.cfg.artifacts:
+            m = load(a).manifest
+            rows.append((m.target, m.precision, a))
+        return rows
+
+    def workdir(self) -> Path:
+        if self.cfg.workdir:
+            p = Path(self.cfg.workdir)
+            p.mkdir(parents=True, exist_ok=True)
+            return p
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="edgefer-bench-")
+        return Path(self._tmp.name)
+
+    def _base_artifact(self):
+        """The model as an artifact when it already is one (bundled name or artifact folder)."""
+        try:
+            return load(self.cfg.model, kind="classifier")
+        except EdgeferError:
+            return None
+
+    def obtain(self, target: str, precision: str) -> tuple[str | None, dict[str, Any] | None]:
+        """An artifact for (target, precision): reuse the model when it already is one, else export."""
+        base = self._base_artifact()
+        if base is not None and base.manifest.target == target and base.manifest.precision == precision:
+            return str(base.manifest_path or base.root), None
+        if precision == "int8" and not self.cfg.calib:
+            return None, _row(target, precision, "skipped",
+                              "INT8 needs calibration faces: pass --calib (FER2013 csv, class folders, .npz, video)")
+        try:
+            from .export.api import export_model  # noqa: F401 - build-side: onnx, onnxruntime.quantization
+        except ImportError as e:
+            return None, _row(target, precision, "export-failed", f"exporting needs {e.name or e}: pip install 'edgefer[export]'")
+        from .export.api import export_model
+
+        out = self.workdir() / f"{Path(str(self.cfg.model)).stem}-{target}-{precision}"
+        kw: dict[str, Any] = {"output": out, "progress": False, "arch": self.cfg.arch}
+        if precision == "int8":
+            kw.update(calib=self.cfg.calib, calib_size=self.cfg.calib_size, calib_method=self.cfg.calib_method)
+        if target == "trt":
+            kw["build_engine"] = True
+        try:
+            res = export_model(self.cfg.model, target, precision, **kw)
+        except EdgeferError as e:
+            return None, _row(target, precision, "export-failed", _one_line(e))
+        except Exception as e:  # noqa: BLE001 - a row, not a crash
+            log.debug("export failed", exc_info=True)
+            return None, _row(target, precision, "export-failed", f"{type(e).__name__}: {_one_line(e)}")
+        return str(res.path), None
+
+    # -------------------------------------------------------------- run
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        for b in cfg.batches:
+            if b < 1:
+                raise EdgeferError("--batch sizes must be >= 1")
+        if cfg.data:
+            self.say(f"reading {cfg.data} ...")
+            self.scoring = load_scoring(cfg.data, cfg.data_usage, cfg.data_size)
+            self.say(f"  {len(self.scoring.labels)} labeled faces, classes {', '.join(self.scoring.data_classes)}")
+        else:
+            self.notes.append("accuracy needs labeled data: pass --data (FER2013 csv, class folders or .npz)")
+        if cfg.video:
+            from .sources import decode_only_fps
+
+            self._decode = decode_only_fps(cfg.video, cfg.video_frames)
+            self.say(f"decode-only: {self._decode[0]:.1f} fps over {self._decode[1]} frames of {cfg.video}")
+        plan = self.plan()
+        from tqdm import tqdm
+
+        bar = tqdm(plan, desc="bench", unit="row", disable=not cfg.progress, leave=False)
+        for target, precision, given in bar:
+            label = f"{target}/{precision}" + (f" ({Path(given).name})" if given else "")
+            bar.set_postfix_str(label)
+            backend = BACKEND_OF.get(target)
+            if backend is None:
+                self.rows.append(_row(target, precision, "unavailable", f"no backend runs {target} artifacts"))
+                continue
+            ok, why = available(backend)
+            if not ok:
+                self.rows.append(_row(target, precision, "unavailable", why))
+                continue
+            path = given
+            if path is None:
+                path, failed = self.obtain(target, precision)
+                if failed is not None:
+                    self.rows.append(failed)
+                    continue
+            row = self.measure(target, precision, path)
+            row["label"] = label if given else None
+            self.rows.append(row)
+            bar.write(self.row_line(row)) if cfg.progress else None
+        bar.close()
+        self.compare()
+        return self.result()
+
+    def _faces(self, spec) -> np.ndarray:
+        from .align import resize_faces
+
+        if self.scoring is not None:
+            n = min(64, len(self.scoring.labels))
+            return resize_faces(self.scoring.images[:n], spec)
+        rng = np.random.default_rng(0)  # latency does not depend on pixel values; accuracy is not measured
+        return rng.integers(0, 256, (64, *spec.size, spec.channels), dtype=np.uint8)
+
+    def measure(self, target: str, precision: str, path: str) -> dict[str, Any]:
+        from .classify import EmotionClassifier
+
+        cfg = self.cfg
+        row = _row(target, precision, "ok", artifact=path)
+        _reset_peak()
+        try:
+            t0 = time.perf_counter()
+            opts: dict[str, Any] = {"threads": cfg.threads} if cfg.threads else {}
+            clf = EmotionClassifier(path, backend=BACKEND_OF[target], **opts)
+            row["load_s"] = round(time.perf_counter() - t0, 3)
+            art = getattr(clf.backend, "artifact", None)
+            row["size_mb"] = artifact_size_mb(art) if art is not None else getattr(clf, "size_mb", None)
+            info = clf.backend.info() if hasattr(clf.backend, "info") else {}
+            row["executes"] = info.get("executes") or info.get("precision")
+            row["threads"] = cfg.threads or info.get("threads") or int(os.environ.get("EDGEFER_THREADS", "0") or 0) or None
+            row["classes"] = list(clf.classes)
+            faces = self._faces(clf.spec)
+            row["latency_ms"] = time_batches(clf.predict, faces, cfg.batches, cfg)
+            row["throughput"] = round(max(int(k[1:]) * 1e3 / v["mean"] for k, v in row["latency_ms"].items()), 1)
+            if self.scoring is not None:
+                probs = clf.predict_images(self.scoring.images)
+                sc = self.scoring.for_model(clf.classes)
+                acc = accuracy(probs, sc)
+                row.update(top1=round(acc["top1"], 3), top2=round(acc["top2"], 3), macro_f1=round(acc["macro_f1"], 3))
+                row["recall"] = {clf.classes[c]: round(v, 3) for c, v in acc["recall"].items()}
+                row["scored_on"] = {"faces": int(len(sc["y"])), "classes": sc["shared"],
+                                    "dropped_data_classes": sc["dropped_classes"],
+                                    "unscored_model_classes": sc["unscored_classes"]}
+                if sc["partial"]:
+                    note = (f"{target}/{precision}: scored on the shared classes {', '.join(sc['shared'])}"
+                            + (f" (data classes {', '.join(sc['dropped_classes'])} left out)" if sc["dropped_classes"] else "")
+                            + (f" (model classes {', '.join(sc['unscored_classes'])} masked)" if sc["unscored_classes"] else ""))
+                    if note not in self.notes:
+                        self.notes.append(note)
+                row["_probs"] = probs
+            if cfg.video:
+                self.video_row(row, path, target)
+        except EdgeferError as e:
+            row.update(status="run-failed", reason=_one_line(e))
+        except Exception as e:  # noqa: BLE001 - one row fails, the bench goes on
+            log.debug("row failed", exc_info=True)
+            row.update(status="run-failed", reason=f"{type(e).__name__}: {_one_line(e)}")
+        row["peak_mb"] = peak_mb()
+        return row
+
+    def video_row(self, row: dict[str, Any], path: str, target: str) -> None:
+        from .pipeline import Pipeline
+
+        cfg = self.cfg
+        opts: dict[str, Any] = {"threads": cfg.threads} if cfg.threads else {}
+        pipe = Pipeline(detector=cfg.detector, classifier=path, backend="auto" if target != "onnx" else "onnxruntime", **opts)
+        for _ in pipe.run(cfg.video, max_frames=cfg.video_frames):
+            pass
+        st = pipe.stats
+        st.finish()
+        p = st.percentiles()
+        row["e2e_fps"] = round(st.fps(), 2)
+        row["e2e_p99_ms"] = round(p.get("total", {}).get("p99", float("nan")), 2)
+        row["e2e_p50_ms"] = round(p.get("total", {}).get("p50", float("nan")), 2)
+        row["stage_p50_ms"] = {k: round(v["p50"], 3) for k, v in p.items()}
+        row["video_frames"] = st.frames
+        row["video_faces"] = st.faces
+        if self._decode:
+            row["decode_fps"] = round(self._decode[0], 1)
+            row["e2e_ratio"] = round(row["e2e_fps"] / self._decode[0], 4) if self._decode[0] else None
+
+    # -------------------------------------------------------------- compare to FP32
+    def reference(self) -> dict[str, Any] | None:
+        ok = [r for r in self.rows if r["status"] == "ok" and r["precision"] == "fp32" and "_probs" in r]
+        onnx = [r for r in ok if r["target"] == "onnx" and not r.get("label")]
+        return (onnx or ok or [None])[0]
+
+    def compare(self) -> None:
+        ref_default = self.reference()
+        for r in self.rows:
+            if r["status"] != "ok" or "_probs" not in r:
+                continue
+            same_target = [x for x in self.rows if x["status"] == "ok" and x["precision"] == "fp32" and "_probs" in x
+                           and x["target"] == r["target"] and not x.get("label")]
+            ref = same_target[0] if same_target and not r.get("label") else ref_default
+            if ref is None or ref.get("classes") != r.get("classes"):
+                continue
+            r["reference"] = f"{ref['target']}/fp32"
+            r["top1_drop"] = round(ref["top1"] - r["top1"], 3)
+            drops = {c: round(ref["recall"][c] - v, 3) for c, v in r["recall"].items()
+                     if c in ref["recall"] and not np.isnan(v) and not np.isnan(ref["recall"][c])}
+            r["per_class_drop"] = drops
+            if drops and max(drops.values()) > 0:
+                r["worst_class"] = max(drops, key=drops.get)
+            pr, pp = ref["_probs"], r["_probs"]
+            r["agreement"] = round(float((pr.argmax(1) == pp.argmax(1)).mean() * 100), 3)
+            r["kl"] = round(kl_div(pr, pp), 6)
+
+    # -------------------------------------------------------------- outputs
+    def result(self) -> dict[str, Any]:
+        rows = []
+        for r in self.rows:
+            rows.append({k: v for k, v in r.items() if not k.startswith("_")})
+        cfg = self.cfg
+        model: dict[str, Any] = {"ref": str(cfg.model), "detector": str(cfg.detector)}
+        base = self._base_artifact()
+        if base is not None:
+            m = base.manifest
+            model.update(name=m.name, arch=m.arch, classes=m.classes, input=asdict(m.input))
+        settings = {"batches": cfg.batches, "threads": cfg.threads, "warmup": cfg.warmup, "min_runs": cfg.min_runs,
+                    "min_seconds": cfg.min_seconds, "data": cfg.data, "data_usage": cfg.data_usage,
+                    "data_size": cfg.data_size, "calib": cfg.calib, "calib_size": cfg.calib_size,
+                    "calib_method": cfg.calib_method, "video": cfg.video, "video_frames": cfg.video_frames}
+        return {"schema": SCHEMA, "machine": machine_info(), "model": model, "settings": settings,
+                "notes": self.notes, "rows": rows}
+
+    @staticmethod
+    def row_line(r: dict[str, Any]) -> str:
+        if r["status"] != "ok":
+            return f"{r['target']}/{r['precision']}: {r['status']} ({r['reason']})"
+        lat = ", ".join(f"{k} p50 {v['p50']:.3f} ms" for k, v in r["latency_ms"].items())
+        acc = f", top-1 {r['top1']:.2f}%" if r.get("top1") is not None else ""
+        vid = f", e2e {r['e2e_fps']:.1f} fps" if r.get("e2e_fps") is not None else ""
+        return f"{r['target']}/{r['precision']}: {lat}{acc}{vid}"
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+# ----------------------------------------------------------------------------- renderers
+def _fmt(v: Any, nd: int = 2) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return "-" if np.isnan(v) else f"{v:.{nd}f}"
+    return str(v)
+
+
+def table(result: dict[str, Any]) -> str:
+    rows = result["rows"]
+    batches = [f"b{b}" for b in result["settings"]["batches"]]
+    head = ["target", "prec", "status", "MB", "load s"] + [f"{b} p50 ms" for b in batches] + [f"{batches[0]} p99", "faces/s",
+                                                                                           "top1", "drop", "agree", "worst class", "e2e fps", "ratio", "peak MB"]
+    lines = [head]
+    for r in rows:
+        name = r["target"] + (f"[{Path(r['artifact']).name}]" if r.get("label") else "")
+        lat = r.get("latency_ms") or {}
+        worst = None
+        if r.get("worst_class"):
+            worst = f"{r['worst_class']} {r['per_class_drop'][r['worst_class']]:+.1f}"
+        lines.append([
+            name, r["precision"], r["status"], _fmt(r["size_mb"], 2), _fmt(r["load_s"], 2),
+            *[_fmt(lat.get(b, {}).get("p50"), 3) for b in batches], _fmt(lat.get(batches[0], {}).get("p99"), 3),
+            _fmt(r["throughput"], 0), _fmt(r["top1"], 2), _fmt(r["top1_drop"], 2), _fmt(r["agreement"], 1), worst or "-",
+            _fmt(r["e2e_fps"], 1), _fmt(r["e2e_ratio"], 3), _fmt(r["peak_mb"], 0),
+        ])
+    widths = [max(len(str(l[i])) for l in lines) for i in range(len(head))]
+    out = ["  ".join(str(c).rjust(w) if i > 2 else str(c).ljust(w) for i, (c, w) in enumerate(zip(l, widths))) for l in lines]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    for r in rows:
+        if r["status"] != "ok":
+            out.append(f"{r['target']}/{r['precision']} {r['status']}: {r['reason']}")
+    for n in result.get("notes", []):
+        out.append(f"note: {n}")
+    return "\n".join(out)
+
+
+CSV_FIXED = ["target", "precision", "status", "reason", "backend", "artifact", "size_mb", "load_s", "throughput", "top1",
+             "top2", "macro_f1", "top1_drop", "worst_class", "agreement", "kl", "e2e_fps", "e2e_p99_ms", "decode_fps",
+             "e2e_ratio", "peak_mb", "executes", "threads"]
+
+
+def write_csv(result: dict[str, Any], path: str | os.PathLike) -> Path:
+    batches = [f"b{b}" for b in result["settings"]["batches"]]
+    classes: list[str] = []
+    for r in result["rows"]:
+        for c in r.get("per_class_drop") or {}:
+            if c not in classes:
+                classes.append(c)
+    cols = CSV_FIXED + [f"latency_{b}_{q}" for b in batches for q in ("p50", "p90", "p99")] + [f"drop_{c}" for c in classes]
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with open(p, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for r in result["rows"]:
+            vals = [r.get(c) for c in CSV_FIXED]
+            lat = r.get("latency_ms") or {}
+            vals += [lat.get(b, {}).get(q) for b in batches for q in ("p50", "p90", "p99")]
+            vals += [(r.get("per_class_drop") or {}).get(c) for c in classes]
+            w.writerow(["" if v is None else v for v in vals])
+    return p
+
+
+def write_json(result: dict[str, Any], path: str | os.PathLike) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(result, indent=1, default=float) + "\n")
+    return p
+
+
+def plot(result: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Accuracy vs latency per row (latency only without --data), and per-class drop bars."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise EdgeferError("--plot needs matplotlib: pip install matplotlib") from None
+    ok = [r for r in result["rows"] if r["status"] == "ok" and r.get("latency_ms")]
+    if not ok:
+        raise EdgeferError("--plot: no row ran, nothing to plot")
+    b0 = f"b{result['settings']['batches'][0]}"
+    has_acc = any(r.get("top1") is not None for r in ok)
+    has_drop = any(r.get("per_class_drop") for r in ok if r["precision"] != "fp32" or r.get("label"))
+    ncols = 2 if has_drop else 1
+    fig, axes = plt.subplots(1, ncols, figsize=(6.5 * ncols, 4.6), squeeze=False)
+    ax = axes[0][0]
+    markers = {"fp32": "o", "fp16": "s", "int8": "^"}
+    colors = {"onnx": "tab:blue", "openvino": "tab:purple", "trt": "tab:green", "coreml": "tab:orange"}
+    for r in ok:
+        name = f"{r['target']}/{r['precision']}" + (f" {Path(r['artifact']).name}" if r.get("label") else "")
+        x = r["latency_ms"][b0]["p50"]
+        y = r["top1"] if has_acc else r["throughput"]
+        if y is None:
+            continue
+        ax.scatter([x], [y], marker=markers.get(r["precision"], "D") if not r.get("label") else "*", s=60,
+                   color=colors.get(r["target"], "tab:red"))
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xlabel(f"latency p50 at batch {b0[1:]} (ms, lower is better)")
+    ax.set_ylabel("top-1 (%)" if has_acc else "throughput (faces/s)")
+    model = result["model"].get("name") or result["model"]["ref"]
+    ax.set_title(f"{model}: {'accuracy' if has_acc else 'throughput'} vs latency")
+    ax.grid(alpha=0.3)
+    if has_drop:
+        ax2 = axes[0][1]
+        drows = [r for r in ok if r.get("per_class_drop") and (r["precision"] != "fp32" or r.get("label"))]
+        classes = list(drows[0]["per_class_drop"])
+        width = 0.8 / len(drows)
+        for i, r in enumerate(drows):
+            vals = [r["per_class_drop"].get(c, 0.0) for c in classes]
+            ax2.bar(np.arange(len(classes)) + i * width, vals, width, label=f"{r['target']}/{r['precision']}")
+        ax2.set_xticks(np.arange(len(classes)) + 0.4 - width / 2)
+        ax2.set_xticklabels(classes, rotation=30)
+        ax2.axhline(0, color="k", lw=0.8)
+        ax2.set_ylabel("recall drop vs FP32 (points, positive = worse)")
+        ax2.set_title("per-class recall drop")
+        ax2.legend(fontsize=7)
+    fig.tight_layout()
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(p, dpi=120)
+    plt.close(fig)
+    return p
+
+
+def gate(result: dict[str, Any], max_drop: float) -> list[str]:
+    """FP16/INT8 rows that lose more than ``max_drop`` points of top-1 against FP32."""
+    bad = []
+    for r in result["rows"]:
+        if r["status"] == "ok" and r["precision"] in ("fp16", "int8") and r.get("top1_drop") is not None:
+            if r["top1_drop"] > max_drop:
+                bad.append(f"{r['target']}/{r['precision']} loses {r['top1_drop']:.2f} points (> {max_drop:g})")
+    return bad

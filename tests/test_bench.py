@@ -1,0 +1,181 @@
+"""edgefer bench: rows per target x precision, accuracy matched by class name, outputs, gate."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edgefer import bench as B
+from edgefer.classes import FER2013
+
+from conftest import shared_file
+
+FAST = ["--batch", "1", "--min-seconds", "0.05"]
+
+
+def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgefer", "-q", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def small_test(tmp_path_factory, publictest):
+    """A fixed, class-stratified 700-face slice of PublicTest as .npz (with its class names)."""
+    rng = np.random.default_rng(0)
+    idx = np.sort(np.concatenate([rng.permutation(np.flatnonzero(publictest["labels"] == c))[:100] for c in range(7)]))
+    p = tmp_path_factory.mktemp("data") / "pt.npz"
+    np.savez(p, images=publictest["images"][idx], labels=publictest["labels"][idx], classes=np.array(FER2013))
+    return p
+
+
+def test_accuracy_metrics_hand_computed():
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.5, 0.4, 0.1], [0.2, 0.5, 0.3]], np.float32)
+    sc = B.Scoring(None, np.array([0, 2, 1, 1]), ["a", "b", "c"], "x").for_model(["a", "b", "c"])
+    acc = B.accuracy(probs, sc)
+    assert acc["top1"] == pytest.approx(75.0)  # 0 ok, 2 ok, 0 != 1, 1 ok
+    assert acc["top2"] == pytest.approx(100.0)
+    assert acc["recall"] == pytest.approx({0: 100.0, 1: 50.0, 2: 100.0})
+    # F1: a: p 1/2 r 1 -> 2/3; b: p 1 r 1/2 -> 2/3; c: 1
+    assert acc["macro_f1"] == pytest.approx(100 * (2 / 3 + 2 / 3 + 1) / 3)
+    assert B.kl_div(probs, probs) == pytest.approx(0.0, abs=1e-7)
+    assert B.kl_div(probs[:1], probs[1:2]) > 0
+
+
+def test_class_matching_by_name_and_shared_classes():
+    # data in another order, with one class the model lacks; model has one the data lacks
+    data = B.Scoring(None, np.array([0, 1, 2, 3]), ["neutral", "happy", "contempt", "angry"], "x")
+    sc = data.for_model(["angry", "happy", "sad", "calm"])  # "calm" is EmoTorch's name for neutral
+    assert sc["shared"] == ["angry", "happy", "calm"]
+    assert list(sc["keep"]) == [0, 1, 3] and list(sc["y"]) == [3, 1, 0]
+    assert sc["dropped_classes"] == ["contempt"] and sc["unscored_classes"] == ["sad"]
+    probs = np.array([[0, 0, 0.9, 0.1], [0, 1, 0, 0], [1, 0, 0, 0], [0.6, 0, 0.4, 0]], np.float32)
+    acc = B.accuracy(probs, sc)
+    assert acc["top1"] == pytest.approx(100.0)  # the "sad" mass is masked: face 0 is calm
+    with pytest.raises(Exception, match="share none"):
+        B.Scoring(None, np.array([0]), ["contempt"], "x").for_model(["angry", "happy"])
+
+
+def test_gate():
+    res = {"rows": [
+        {"target": "onnx", "precision": "fp32", "status": "ok", "top1_drop": 0.0},
+        {"target": "onnx", "precision": "int8", "status": "ok", "top1_drop": 1.3},
+        {"target": "openvino", "precision": "fp16", "status": "ok", "top1_drop": 0.2},
+        {"target": "trt", "precision": "int8", "status": "unavailable", "top1_drop": None},
+    ]}
+    assert B.gate(res, 0.5) == ["onnx/int8 loses 1.30 points (> 0.5)"]
+    assert B.gate(res, 1.5) == []
+
+
+def test_no_data_fresh_machine_rows_and_unavailable(tmp_path):
+    out = tmp_path / "b.json"
+    r = cli("bench", "--targets", "onnx,trt,coreml", "--precisions", "fp32,int8", "--json", str(out), *FAST)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    assert res["schema"] == 1 and res["machine"]["cores"] >= 1 and "onnxruntime" in res["machine"]["versions"]
+    rows = {(x["target"], x["precision"]): x for x in res["rows"]}
+    ok = rows[("onnx", "fp32")]
+    assert ok["status"] == "ok" and ok["size_mb"] > 0.1 and ok["latency_ms"]["b1"]["p50"] > 0
+    assert ok["latency_ms"]["b1"]["p50"] <= ok["latency_ms"]["b1"]["p90"] <= ok["latency_ms"]["b1"]["p99"]
+    assert ok["top1"] is None and any("--data" in n for n in res["notes"])
+    assert rows[("onnx", "int8")]["status"] == "skipped" and "--calib" in rows[("onnx", "int8")]["reason"]
+    for t in ("trt", "coreml"):  # ok where TensorRT / macOS exist, else a row saying why not
+        assert rows[(t, "fp32")]["status"] in ("unavailable", "ok")
+        if rows[(t, "fp32")]["status"] == "unavailable":
+            assert rows[(t, "fp32")]["reason"]
+    assert "unavailable" in r.stdout and "onnx" in r.stdout
+
+
+def test_accuracy_drop_csv_plot_and_gate(tmp_path, small_test):
+    pytest.importorskip("onnx")
+    pytest.importorskip("openvino")
+    train = shared_file("data/fer2013/train.npz")
+    js, cs, png = tmp_path / "b.json", tmp_path / "b.csv", tmp_path / "b.png"
+    r = cli("bench", "--targets", "onnx,openvino", "--precisions", "fp32,int8", "--data", str(small_test),
+            "--calib", str(train), "--json", str(js), "--csv", str(cs), "--plot", str(png), "--max-drop", "100", *FAST)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(js.read_text())
+    rows = {(x["target"], x["precision"]): x for x in res["rows"]}
+    assert all(x["status"] == "ok" for x in rows.values()), [x["reason"] for x in rows.values()]
+    ref = rows[("onnx", "fp32")]
+    assert 55 < ref["top1"] < 80 and ref["top2"] > ref["top1"] and ref["top1_drop"] == 0 and ref["agreement"] == 100
+    assert rows[("openvino", "fp32")]["top1"] == pytest.approx(ref["top1"], abs=0.3)
+    for t in ("onnx", "openvino"):
+        q = rows[(t, "int8")]
+        base = rows[(t, "fp32")]
+        assert q["top1_drop"] == pytest.approx(base["top1"] - q["top1"], abs=1e-2)
+        assert 90 <= q["agreement"] < 100.0001 and q["kl"] >= 0  # the exporter picked a variant that runs right
+        assert set(q["per_class_drop"]) == set(FER2013)
+        assert q["per_class_drop"][q["worst_class"]] == max(q["per_class_drop"].values()) if q["worst_class"] else True
+    with open(cs) as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 4 and {"top1_drop", "latency_b1_p99", "drop_disgust"} <= set(table[0])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the gate: a bound below the INT8 row's measured drop fails with exit 1 and says which row
+    drop = rows[("onnx", "int8")]["top1_drop"]
+    if drop > 0:
+        r2 = cli("bench", "--targets", "onnx", "--precisions", "fp32,int8", "--data", str(small_test), "--calib", str(train),
+                 "--max-drop", f"{drop / 2:.4f}", *FAST)
+        assert r2.returncode == 1 and "accuracy gate failed: onnx/int8 loses" in r2.stderr
+
+
+def test_class_order_of_data_does_not_matter(tmp_path, small_test):
+    d = np.load(small_test)
+    perm = np.array([6, 3, 0, 5, 1, 4, 2])  # new index i holds old class perm[i]
+    inv = np.argsort(perm)
+    shuffled = tmp_path / "shuffled.npz"
+    np.savez(shuffled, images=d["images"], labels=inv[d["labels"]], classes=np.array(FER2013)[perm])
+    tops = []
+    for p in (small_test, shuffled):
+        js = tmp_path / f"{p.stem}.json"
+        r = cli("bench", "--targets", "onnx", "--precisions", "fp32", "--data", str(p), "--json", str(js), *FAST)
+        assert r.returncode == 0, r.stderr
+        tops.append(json.loads(js.read_text())["rows"][0]["top1"])
+    assert tops[0] == tops[1] and tops[0] > 55
+
+
+def test_four_class_model_scored_on_shared_classes(tmp_path, small_test):
+    pytest.importorskip("torch")
+    ckpt = shared_file("weights/emotorch/enhanced_v2_4class.pth")
+    art = tmp_path / "emo4"
+    r = cli("export", str(ckpt), "--arch", "emotorch-enhanced-v2", "--target", "onnx", "-o", str(art))
+    assert r.returncode == 0, r.stderr
+    js = tmp_path / "b.json"
+    r = cli("bench", "--model", str(art), "--targets", "onnx", "--precisions", "fp32", "--data", str(small_test),
+            "--json", str(js), *FAST)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(js.read_text())
+    row = res["rows"][0]
+    assert row["status"] == "ok" and row["scored_on"]["faces"] == 400  # 100 each of angry, fear, surprise, neutral
+    assert set(row["scored_on"]["dropped_data_classes"]) == {"disgust", "happy", "sad"}
+    assert any("shared classes" in n for n in res["notes"]) and "shared classes" in r.stdout
+    assert row["top1"] > 50  # EmoTorch enhanced-v2 scores about 75% on these four classes
+
+
+def test_video_row_reports_ratio(tmp_path, videos_dir):
+    js = tmp_path / "b.json"
+    r = cli("bench", "--targets", "onnx", "--precisions", "fp32", "--video", str(videos_dir / "frown_512.mp4"),
+            "--video-frames", "40", "--json", str(js), *FAST)
+    assert r.returncode == 0, r.stderr
+    row = json.loads(js.read_text())["rows"][0]
+    assert row["video_frames"] == 40 and row["video_faces"] >= 30
+    assert row["e2e_fps"] > 0 and row["decode_fps"] > row["e2e_fps"]
+    assert row["e2e_ratio"] == pytest.approx(row["e2e_fps"] / row["decode_fps"], rel=1e-2)
+    assert row["e2e_p99_ms"] >= row["e2e_p50_ms"] > 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data", "/nonexistent.npz"], "no such file"),
+    (["--targets", "onnx,gpu"], "--targets must be"),
+    (["--batch", "0"], "--batch sizes must be"),
+    (["--max-drop", "1"], "--max-drop needs --data"),
+    (["--model", "/nonexistent/model.onnx", "--targets", "onnx", "--precisions", "fp32"], "no row ran"),
+])
+def test_bad_input_one_line_exit_2(args, message):
+    r = cli("bench", *FAST, *args)
+    assert r.returncode == 2, r.stderr
+    lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in r.stderr
