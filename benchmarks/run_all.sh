@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The reproducible benchmark suite: writes benchmarks/results/. Run from the repository root in
+# the project's venv (pip install -e '.[dev]'), on an otherwise idle machine:
+#   bash benchmarks/run_all.sh            # everything
+#   ONLY=bench bash benchmarks/run_all.sh # one part: bench | loop | peers
+# SHARED points at the shared data (default ../shared). Peers need their own venv, see
+# benchmarks/peers/README.md (PEERS_VENV, default /work/peers-venv); missing peers are skipped.
+set -euo pipefail
+SHARED=${SHARED:-../shared}
+OUT=benchmarks/results
+PEERS_VENV=${PEERS_VENV:-/work/peers-venv}
+mkdir -p "$OUT"
+part() { [ -z "${ONLY:-}" ] || [ "$ONLY" = "$1" ]; }
+
+if part bench; then
+  # every backend x precision of the bundled classifier, accuracy on FER2013 PublicTest,
+  # INT8 calibrated on 300 class-balanced training faces, the loop on the webcam clip
+  edgefer bench --data "$SHARED/data/fer2013/publictest.npz" --calib "$SHARED/data/fer2013/train.npz" \
+    --video "$SHARED/data/video/webcam_720p.mp4" --video-frames 0 --batch 1,32 \
+    --json "$OUT/bench_mini_xception.json" --csv "$OUT/bench_mini_xception.csv" --plot "$OUT/bench_mini_xception.png"
+  for m in edgenet; do
+    if [ -f "edgefer/assets/$m.json" ]; then
+      edgefer bench --model "$m" --data "$SHARED/data/fer2013/publictest.npz" --calib "$SHARED/data/fer2013/train.npz" \
+        --batch 1,32 --json "$OUT/bench_$m.json" --csv "$OUT/bench_$m.csv" --plot "$OUT/bench_$m.png"
+    fi
+  done
+fi
+
+if part loop; then
+  python benchmarks/loop_modes.py "$SHARED"/data/video/*.mp4 --json "$OUT/loop_modes.json" --plot "$OUT/loop_modes.png"
+fi
+
+if part peers; then
+  VIDEOS=("$SHARED/data/video/webcam_720p.mp4" "$SHARED/data/video/crowd_720p.mp4")
+  python benchmarks/peers/seed_loop.py "${VIDEOS[@]}" --json "$OUT/peers_seed_loop.json" || echo "seed loop failed" >&2
+  if [ -x "$PEERS_VENV/bin/python" ]; then
+    "$PEERS_VENV/bin/python" benchmarks/peers/fer_peer.py "${VIDEOS[@]}" --json "$OUT/peers_fer.json" || echo "fer peer failed" >&2
+  else
+    echo "skipping the fer peer: no venv at $PEERS_VENV (see benchmarks/peers/README.md)" >&2
+  fi
+fi
+python - <<'PY'
+import json, platform
+from edgefer.bench import machine_info
+open("benchmarks/results/machine.json", "w").write(json.dumps(machine_info(), indent=1) + "\n")
+PY
+echo "results in $OUT"
