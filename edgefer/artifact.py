@@ -21,7 +21,10 @@ Manifest schema 1 (JSON object)::
     arch         str                      zoo architecture, e.g. "mini-xception"
     target       "onnx" | "openvino" | "trt" | "coreml"
     precision    "fp32" | "fp16" | "int8"
-    files        {role: relative path}    role "model" is required (ensembles: "members")
+    files        {role: relative path}    role "model" is required (ensembles: "members", a list of
+                                          member manifests relative to this one; target and
+                                          precision may be "mixed"; extra.ensemble.rule
+                                          "mean" | "vote", see edgefer.ensemble)
     checksums    {relative path: "sha256:<hex>"}
     input        InputSpec (see below)
     output       classifier: "probs" | "logits"; detector: "retinaface"
@@ -31,6 +34,8 @@ Manifest schema 1 (JSON object)::
     provenance   {...}                    where the weights came from, conversion command, tools
     license      str
     calibration  {...} | null             INT8: source, count, method, seed
+    extra        {...}                    e.g. extra.cam (a class activation map output, see
+                                          edgefer.explain), extra.ensemble (rule, members)
 
 InputSpec::
 
@@ -67,6 +72,7 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 #: bundled artifacts, by name and alias
 BUNDLED = {
     "mini-xception": "mini_xception.json",
+    "mini-xception-cam": "mini_xception_cam.json",  # same weights + the in-graph CAM output (edgefer.explain)
     "retinaface-mnet025": "retinaface_mnet025.json",
 }
 ALIASES = {
@@ -188,10 +194,12 @@ class Manifest:
     def validate(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, not {self.kind!r}")
-        if self.target not in TARGETS:
-            raise ValueError(f"target must be one of {TARGETS}, not {self.target!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, not {self.precision!r}")
+        # an ensemble of members on different targets / precisions says so: "mixed"
+        mixed = ("mixed",) if self.kind == "ensemble" else ()
+        if self.target not in TARGETS + mixed:
+            raise ValueError(f"target must be one of {TARGETS + mixed}, not {self.target!r}")
+        if self.precision not in PRECISIONS + mixed:
+            raise ValueError(f"precision must be one of {PRECISIONS + mixed}, not {self.precision!r}")
         if self.kind == "ensemble":
             if not self.files.get("members"):
                 raise ValueError("an ensemble manifest needs files.members")

@@ -7,8 +7,9 @@ from typing import Any
 import numpy as np
 
 from .align import crop_faces, resize_faces
-from .artifact import DEFAULT_CLASSIFIER
+from .artifact import DEFAULT_CLASSIFIER, Artifact, load
 from .backends import open_backend
+from .errors import EdgeferError
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -17,23 +18,76 @@ def softmax(x: np.ndarray) -> np.ndarray:
 
 
 class EmotionClassifier:
-    """A classifier artifact on a backend, fed straight from frames or from dataset crops."""
+    """A classifier artifact on a backend, fed straight from frames or from dataset crops.
+
+    An ensemble artifact (manifest kind ``ensemble``) loads transparently as an
+    :class:`edgefer.ensemble.EnsembleClassifier`: same methods, combined probabilities.
+
+    A classifier whose manifest declares a class activation map output (``extra.cam``, see
+    :mod:`edgefer.explain`) also returns the maps: ``probs, cams = clf.predict(batch, with_cam=True)``
+    with ``cams`` (K, C, h, w) float32 in logit units (their spatial mean is the logits).
+    """
+
+    def __new__(cls, artifact: Any = DEFAULT_CLASSIFIER, backend: str = "auto", **backend_options: Any):
+        if cls is not EmotionClassifier:
+            return super().__new__(cls)
+        art = artifact if isinstance(artifact, Artifact) else load(artifact, kind="classifier")
+        if art.manifest.kind == "ensemble":
+            from .ensemble import EnsembleClassifier
+
+            obj = super().__new__(EnsembleClassifier)
+        else:
+            obj = super().__new__(cls)
+        obj._artifact = art  # loaded (and checksummed) once
+        return obj
 
     def __init__(self, artifact: Any = DEFAULT_CLASSIFIER, backend: str = "auto", **backend_options: Any):
-        self.backend = open_backend(artifact, backend, kind="classifier", **backend_options)
+        art = getattr(self, "_artifact", None) or artifact
+        self.backend = open_backend(art, backend, kind="classifier", **backend_options)
         self.manifest = self.backend.manifest
         self.spec = self.manifest.input
         self.classes: list[str] = list(self.manifest.classes)
         self.crop = self.manifest.crop or {}
         self._buf: np.ndarray | None = None
+        self._cam_index = self._find_cam_output()
+        self._probs_index = next(i for i in range(max(1, len(self.backend.output_names))) if i != self._cam_index)
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        """Probabilities (K, C) float32 for a batch already laid out as the manifest's input."""
+    def _find_cam_output(self) -> int | None:
+        from .explain import cam_output
+
+        name = cam_output(self.manifest)
+        names = list(self.backend.output_names)
+        if name is None:
+            return None
+        if name in names:
+            return names.index(name)
+        # some converters rename outputs; a two-output graph whose manifest declares a CAM has it second
+        return 1 if len(names) == 2 else None
+
+    @property
+    def has_cam(self) -> bool:
+        """Whether one inference also yields class activation maps (``predict(..., with_cam=True)``)."""
+        return self._cam_index is not None
+
+    def predict(self, batch: np.ndarray, with_cam: bool = False):
+        """Probabilities (K, C) float32 for a batch already laid out as the manifest's input.
+
+        With ``with_cam=True``: ``(probs, cams)``, cams (K, C, h, w) from the same inference.
+        """
+        if with_cam and not self.has_cam:
+            raise EdgeferError(f"{self.backend.artifact.describe()} has no class activation map output")
         if len(batch) == 0:
-            return np.zeros((0, len(self.classes)), np.float32)
-        out = self.backend.run(batch)[0]
-        out = np.asarray(out, np.float32).reshape(len(batch), -1)
-        return softmax(out) if self.manifest.output == "logits" else out
+            empty = np.zeros((0, len(self.classes)), np.float32)
+            if with_cam:
+                shape = (self.manifest.extra or {}).get("cam", {}).get("shape") or [len(self.classes), 1, 1]
+                return empty, np.zeros((0, *shape), np.float32)
+            return empty
+        outs = self.backend.run(batch)
+        out = np.asarray(outs[self._probs_index], np.float32).reshape(len(batch), -1)
+        probs = softmax(out) if self.manifest.output == "logits" else out
+        if with_cam:
+            return probs, np.asarray(outs[self._cam_index], np.float32)
+        return probs
 
     def crops(self, frame: np.ndarray, boxes: np.ndarray, landmarks: np.ndarray | None, color_cache: dict | None = None) -> np.ndarray:
         """Aligned crops of the faces in ``frame``, reusing one buffer across frames."""
@@ -43,8 +97,9 @@ class EmotionClassifier:
             self._buf = np.empty((max(2 * k, 8), h, w, self.spec.channels), np.uint8)
         return crop_faces(frame, boxes, landmarks, self.spec, self.crop, out=self._buf, color_cache=color_cache)
 
-    def __call__(self, frame: np.ndarray, boxes: np.ndarray, landmarks: np.ndarray | None = None, color_cache: dict | None = None) -> np.ndarray:
-        return self.predict(self.crops(frame, boxes, landmarks, color_cache))
+    def __call__(self, frame: np.ndarray, boxes: np.ndarray, landmarks: np.ndarray | None = None, color_cache: dict | None = None,
+                 with_cam: bool = False):
+        return self.predict(self.crops(frame, boxes, landmarks, color_cache), with_cam=with_cam)
 
     def predict_images(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Probabilities for dataset face images (already cropped, any size): accuracy checks."""

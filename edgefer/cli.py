@@ -18,6 +18,7 @@ from .errors import EdgeferError
 #: `edgefer run` never pays for torch, and `edgefer export` works only where its extra is installed.
 COMMANDS = {
     "run": ("edgefer.commands.run:run", "Detect faces and classify emotions in a camera, video, image or folder."),
+    "explain": ("edgefer.commands.explain:explain", "Heatmap of where the classifier looked, on each face of an image."),
     "info": ("edgefer.commands.info:info", "Print and validate a model artifact."),
     "bench": ("edgefer.commands.bench:bench", "Measure FPS, latency and accuracy drop per backend x precision."),
     "export": ("edgefer.export.cli:export", "Export a model to an artifact for onnx / openvino / trt / coreml."),

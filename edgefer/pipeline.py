@@ -39,6 +39,11 @@ class Face:
     confidence: float
     probs: dict[str, float]
     landmarks: list[list[float]] | None = None
+    # --explain: the map of the labelled class in [0, 1] (crop coordinates, h x w), the
+    # frame -> crop affine it is warped back with, and the crop size (edgefer.explain)
+    heat: np.ndarray | None = field(default=None, repr=False)
+    affine: np.ndarray | None = field(default=None, repr=False)
+    crop_size: tuple[int, int] | None = None
 
     def to_event(self) -> dict[str, Any]:
         return {
@@ -114,6 +119,11 @@ class Pipeline:
       with no live track is always detected, so a face that appears is found at once.
     * ``overlap=True``: detection of frame N runs on its own thread while frame N-1 is
       classified, tracked and written (ONNX Runtime and OpenVINO release the GIL).
+
+    ``explain=True``: the classifier also returns its class activation maps in the same
+    inference (the classifier's CAM output, or the bundled CAM twin, see :mod:`edgefer.explain`);
+    each face carries the map of its labelled class (``Face.heat``), and the time spent picking
+    and placing the maps is the ``explain`` stage (drawing them is the caller's).
     """
 
     def __init__(
@@ -127,6 +137,7 @@ class Pipeline:
         threads: int | None = None,
         detect_every: int = 1,
         overlap: bool = True,
+        explain: bool = False,
         **backend_options: Any,
     ):
         det_kw: dict[str, Any] = {"det_size": det_size}
@@ -137,7 +148,13 @@ class Pipeline:
         if detect_every < 1:
             raise ValueError("detect_every must be >= 1")
         self.detector = FaceDetector(detector, backend=backend, **det_kw, **backend_options)
-        self.classifier = EmotionClassifier(classifier, backend=backend, **backend_options)
+        if explain:
+            from .explain import cam_classifier
+
+            self.classifier = cam_classifier(classifier, backend=backend, **backend_options)
+        else:
+            self.classifier = EmotionClassifier(classifier, backend=backend, **backend_options)
+        self.explain = explain
         self.classes = self.classifier.classes
         self.tracker = IoUTracker(smoothing=smoothing)
         self.detect_every = detect_every
@@ -183,7 +200,11 @@ class Pipeline:
             det = self._carried()
         t1 = time.perf_counter()
         colors: dict = {}
-        probs = self.classifier(image, det.boxes, det.landmarks, color_cache=colors)
+        cams = None
+        if self.explain:
+            probs, cams = self.classifier(image, det.boxes, det.landmarks, color_cache=colors, with_cam=True)
+        else:
+            probs = self.classifier(image, det.boxes, det.landmarks, color_cache=colors)
         t2 = time.perf_counter()
         ids, smoothed = self.tracker.update(det.boxes, probs, det.scores, det.landmarks)
         classes = self.classes
@@ -209,6 +230,15 @@ class Pipeline:
             "classify": (t2 - t1) * 1e3,
             "track": (t3 - t2) * 1e3,
         }
+        if cams is not None:
+            from .explain import face_affines, pick_maps
+
+            shown = [classes.index(f.emotion) for f in faces]
+            maps = pick_maps(cams, np.asarray(shown, np.int64))
+            size = tuple(self.classifier.spec.size)
+            for f, m, a in zip(faces, maps, face_affines(self.classifier, det.boxes, det.landmarks)):
+                f.heat, f.affine, f.crop_size = m, a, size
+            timings["explain"] = (time.perf_counter() - t3) * 1e3
         return FrameResult(frame, time_s, faces, image=image, timings_ms=timings)
 
     def _detect_ahead(self, frames: Iterator[Frame], depth: int = 2) -> Iterator[tuple[Frame, Detections | None, float]]:

@@ -8,6 +8,7 @@ import time
 from collections import Counter, defaultdict
 
 import click
+import numpy as np
 
 from ..artifact import DEFAULT_CLASSIFIER, DEFAULT_DETECTOR
 from ..errors import EdgeferError
@@ -15,6 +16,28 @@ from ..errors import EdgeferError
 
 def _fmt_ms(p: dict | None) -> str:
     return f"{p['p50']:.1f} / {p['p99']:.1f}" if p else "-"
+
+
+def _explain_cost(explain_ms: list[float], stats, pipe) -> dict:
+    """What --explain costs per frame: picking/placing the maps plus drawing them, vs the frame time.
+
+    The maps come out of the classify inference itself (one more output of the same graph); that
+    part is inside the classify stage and measured separately by the bench (`edgefer bench`).
+    """
+    maps = stats.ms.get("explain") or [0.0]
+    n = len(explain_ms)
+    per = float(np.mean(explain_ms)) if n else 0.0
+    frame_ms = 1e3 / stats.fps() if stats.fps() > 0 else float("nan")
+    entry = (pipe.classifier.manifest.extra or {}).get("cam", {})
+    return {
+        "frames": n,
+        "ms_per_frame": round(per, 3),
+        "maps_ms": round(float(np.mean(maps)), 3),
+        "draw_ms": round(per - float(np.mean(maps)), 3) if n else 0.0,
+        "frame_ms": round(frame_ms, 3),
+        "pct_of_frame": round(100.0 * per / frame_ms, 2) if frame_ms == frame_ms and frame_ms > 0 else None,
+        "source": f"{pipe.classifier.backend.artifact.describe()} output {entry.get('output', 'cam')!r} ({entry.get('method', '?')})",
+    }
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -38,9 +61,10 @@ def _fmt_ms(p: dict | None) -> str:
 @click.option("--overlap/--no-overlap", default=True, show_default=True, help="Detect frame N on a worker thread while frame N-1 is classified.")
 @click.option("--ceiling", is_flag=True, help="For a video file, also measure its decode-only fps and report the ratio.")
 @click.option("--summary", "summary_path", type=click.Path(), default=None, help="Write the run summary as JSON.")
+@click.option("--explain", is_flag=True, help="Overlay each face's class activation heatmap (in-graph CAM, same inference); cost in the summary.")
 @click.pass_context
 def run(ctx, source, camera, demo, output, events, display, max_frames, detector, classifier, backend, providers, device,
-        det_size, conf_thresh, smoothing, threads, detect_every, overlap, ceiling, summary_path):
+        det_size, conf_thresh, smoothing, threads, detect_every, overlap, ceiling, summary_path, explain):
     """Detect faces and classify their emotions.
 
     \b
@@ -50,6 +74,7 @@ def run(ctx, source, camera, demo, output, events, display, max_frames, detector
       edgefer run --camera 0
       edgefer run clip.mp4 --output annotated.mp4 --events faces.jsonl --no-display
       edgefer run photos/ --output annotated/ --classifier my_int8_artifact/
+      edgefer run clip.mp4 --explain --output explained.mp4
     """
     from ..pipeline import Pipeline
     from ..sinks import AnnotatedOutput, Display, EventWriter, annotate, screen_available
@@ -64,7 +89,8 @@ def run(ctx, source, camera, demo, output, events, display, max_frames, detector
         opts["device"] = device
     try:
         pipe = Pipeline(detector, classifier, backend=backend, det_size=det_size or None, conf_thresh=conf_thresh,
-                        smoothing=smoothing, threads=threads or None, detect_every=detect_every, overlap=overlap, **opts)
+                        smoothing=smoothing, threads=threads or None, detect_every=detect_every, overlap=overlap,
+                        explain=explain, **opts)
     except BaseException:
         src.close()
         raise
@@ -81,6 +107,7 @@ def run(ctx, source, camera, demo, output, events, display, max_frames, detector
     image_lines = []
     last_status = 0.0
     stopped = False
+    explain_ms: list[float] = []  # per frame: picking the maps (pipeline) + drawing them
     try:
         for r in pipe.run(src, max_frames=max_frames):
             if ev:
@@ -91,13 +118,22 @@ def run(ctx, source, camera, demo, output, events, display, max_frames, detector
                 faces = ", ".join(f"{f.emotion} {f.confidence:.2f} [{', '.join(str(int(v)) for v in f.box)}]" for f in r.faces)
                 image_lines.append(f"{r.name}: {len(r.faces)} face{'s' if len(r.faces) != 1 else ''}" + (f": {faces}" if faces else ""))
             if sink or win:
-                img = annotate(r.image.copy() if win and sink is None else r.image, r, pipe.stats.fps() if src.kind not in ("image", "folder") else None)
+                img = r.image.copy() if win and sink is None else r.image
+                if explain:
+                    from ..explain import draw_heatmaps
+
+                    t_draw = time.perf_counter()
+                    img = draw_heatmaps(img, r)
+                    explain_ms.append(r.timings_ms.get("explain", 0.0) + (time.perf_counter() - t_draw) * 1e3)
+                img = annotate(img, r, pipe.stats.fps() if src.kind not in ("image", "folder") else None)
                 if sink:
                     sink.write(img, r)
                 if win and not win.show(img):
                     stopped = True
                     break
             now = time.perf_counter()
+            if explain and not (sink or win):
+                explain_ms.append(r.timings_ms.get("explain", 0.0))
             if live_status and now - last_status > 0.5:
                 last_status = now
                 total = f"/{src.total}" if src.total else ""
@@ -140,6 +176,8 @@ def run(ctx, source, camera, demo, output, events, display, max_frames, detector
         "stopped_early": stopped,
         "source_error": getattr(src, "error", None),
     }
+    if explain:
+        summary["explain"] = _explain_cost(explain_ms, stats, pipe)
     if summary_path:
         with open(summary_path, "w") as f:
             json.dump(summary, f, indent=2)
@@ -160,6 +198,10 @@ def run(ctx, source, camera, demo, output, events, display, max_frames, detector
     )
     if not quiet:
         click.echo("latency ms p50 / p99: " + "  ".join(f"{k} {_fmt_ms(p.get(k))}" for k in ("decode", "detect", "classify", "track", "total")))
+        if explain and summary["explain"]["frames"]:
+            e = summary["explain"]
+            click.echo(f"explain: {e['ms_per_frame']:.2f} ms/frame ({e['pct_of_frame']:.1f}% of the {e['frame_ms']:.1f} ms frame time; "
+                       f"maps {e['maps_ms']:.2f} + drawing {e['draw_ms']:.2f} ms), heatmaps from {e['source']}")
         if output:
             click.echo(f"annotated output: {output}")
         if events:
