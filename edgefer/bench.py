@@ -65,6 +65,7 @@ class BenchConfig:
     arch: str | None = None
     video: str | None = None
     video_frames: int | None = 300
+    explain: bool = False  # --video rows run the loop with CAM heatmaps and report their cost
     batches: list[int] = field(default_factory=lambda: [1, 32])
     threads: int | None = None
     warmup: int = 10
@@ -256,7 +257,8 @@ def _row(target: str, precision: str, status: str, reason: str = "", **kw: Any) 
         "backend": BACKEND_OF.get(target, target), "artifact": None, "size_mb": None, "load_s": None,
         "latency_ms": {}, "throughput": None, "top1": None, "top2": None, "macro_f1": None, "top1_drop": None,
         "per_class_drop": {}, "worst_class": None, "agreement": None, "kl": None,
-        "e2e_fps": None, "e2e_p99_ms": None, "decode_fps": None, "e2e_ratio": None, "peak_mb": None,
+        "e2e_fps": None, "e2e_p99_ms": None, "decode_fps": None, "e2e_ratio": None, "explain_ms": None,
+        "explain_pct": None, "peak_mb": None,
         "executes": None, "threads": None,
     }
     row.update(kw)
@@ -301,7 +303,7 @@ class Bench:
                 rows.append((t, p, None))
         for a in self.cfg.artifacts:
             m = load(a).manifest
-            rows.append((m.target, m.precision, a))
+            rows.append(("ensemble" if m.kind == "ensemble" else m.target, m.precision, a))
         return rows
 
     def workdir(self) -> Path:
@@ -373,11 +375,11 @@ class Bench:
         for target, precision, given in bar:
             label = f"{target}/{precision}" + (f" ({Path(given).name})" if given else "")
             bar.set_postfix_str(label)
-            backend = BACKEND_OF.get(target)
+            backend = "auto" if target == "ensemble" else BACKEND_OF.get(target)
             if backend is None:
                 self.rows.append(_row(target, precision, "unavailable", f"no backend runs {target} artifacts"))
                 continue
-            ok, why = available(backend)
+            ok, why = available(backend) if backend != "auto" else (True, "")
             if not ok:
                 self.rows.append(_row(target, precision, "unavailable", why))
                 continue
@@ -413,10 +415,14 @@ class Bench:
         try:
             t0 = time.perf_counter()
             opts: dict[str, Any] = {"threads": cfg.threads} if cfg.threads else {}
-            clf = EmotionClassifier(path, backend=BACKEND_OF[target], **opts)
+            clf = EmotionClassifier(path, backend=BACKEND_OF.get(target, "auto"), **opts)
             row["load_s"] = round(time.perf_counter() - t0, 3)
-            art = getattr(clf.backend, "artifact", None)
-            row["size_mb"] = artifact_size_mb(art) if art is not None else getattr(clf, "size_mb", None)
+            members = getattr(clf, "members", None)
+            if members:  # an ensemble: what it deploys is its members
+                row["size_mb"] = round(sum(artifact_size_mb(m.backend.artifact) for m in members), 3)
+                row["members"] = [m.backend.artifact.describe() for m in members]
+            else:
+                row["size_mb"] = artifact_size_mb(clf.backend.artifact)
             info = clf.backend.info() if hasattr(clf.backend, "info") else {}
             row["executes"] = info.get("executes") or info.get("precision")
             row["threads"] = cfg.threads or info.get("threads") or int(os.environ.get("EDGEFER_THREADS", "0") or 0) or None
@@ -455,9 +461,17 @@ class Bench:
 
         cfg = self.cfg
         opts: dict[str, Any] = {"threads": cfg.threads} if cfg.threads else {}
-        pipe = Pipeline(detector=cfg.detector, classifier=path, backend="auto" if target != "onnx" else "onnxruntime", **opts)
-        for _ in pipe.run(cfg.video, max_frames=cfg.video_frames):
-            pass
+        explain = cfg.explain and target != "ensemble"  # heatmaps come from single classifiers
+        pipe = Pipeline(detector=cfg.detector, classifier=path, backend="onnxruntime" if target == "onnx" else "auto",
+                        explain=explain, **opts)
+        drawn: list[float] = []
+        for r in pipe.run(cfg.video, max_frames=cfg.video_frames):
+            if explain:  # the overlay is part of what --explain costs, as in `edgefer run`
+                from .explain import draw_heatmaps
+
+                t0 = time.perf_counter()
+                draw_heatmaps(r.image, r)
+                drawn.append((time.perf_counter() - t0) * 1e3)
         st = pipe.stats
         st.finish()
         p = st.percentiles()
@@ -465,6 +479,11 @@ class Bench:
         row["e2e_p99_ms"] = round(p.get("total", {}).get("p99", float("nan")), 2)
         row["e2e_p50_ms"] = round(p.get("total", {}).get("p50", float("nan")), 2)
         row["stage_p50_ms"] = {k: round(v["p50"], 3) for k, v in p.items()}
+        if explain:
+            cost = p.get("explain", {}).get("mean", 0.0) + (float(np.mean(drawn)) if drawn else 0.0)
+            frame_ms = 1e3 / st.fps() if st.fps() else float("nan")
+            row["explain_ms"] = round(cost, 3)  # maps picked and placed + drawn, per frame
+            row["explain_pct"] = round(100 * cost / frame_ms, 2) if frame_ms == frame_ms else None
         row["video_frames"] = st.frames
         row["video_faces"] = st.faces
         if self._decode:
@@ -571,7 +590,7 @@ def table(result: dict[str, Any]) -> str:
 
 CSV_FIXED = ["target", "precision", "status", "reason", "backend", "artifact", "size_mb", "load_s", "throughput", "top1",
              "top2", "macro_f1", "top1_drop", "worst_class", "agreement", "kl", "e2e_fps", "e2e_p99_ms", "decode_fps",
-             "e2e_ratio", "peak_mb", "executes", "threads"]
+             "e2e_ratio", "explain_ms", "explain_pct", "peak_mb", "executes", "threads"]
 
 
 def write_csv(result: dict[str, Any], path: str | os.PathLike) -> Path:

@@ -167,11 +167,33 @@ def test_video_row_reports_ratio(tmp_path, videos_dir):
     assert row["e2e_p99_ms"] >= row["e2e_p50_ms"] > 0
 
 
+def test_ensemble_row_and_explain_cost(tmp_path, small_test, videos_dir):
+    pytest.importorskip("onnx")
+    from edgefer.ensemble import write_ensemble
+
+    fp16 = tmp_path / "fp16"
+    r = cli("export", "mini-xception", "--target", "onnx", "--fp16", "-o", str(fp16))
+    assert r.returncode == 0, r.stderr
+    ens = write_ensemble(["mini-xception", str(fp16)], "mean", tmp_path / "ens")
+    js = tmp_path / "b.json"
+    r = cli("bench", "--targets", "onnx", "--precisions", "fp32", "--artifact", str(ens), "--data", str(small_test),
+            "--video", str(videos_dir / "frown_512.mp4"), "--video-frames", "30", "--explain", "--json", str(js), *FAST)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(js.read_text())["rows"]
+    single, both = rows
+    assert both["target"] == "ensemble" and both["status"] == "ok" and len(both["members"]) == 2
+    assert both["size_mb"] == pytest.approx(single["size_mb"] + B.artifact_size_mb(B.load(str(fp16))), abs=2e-3)
+    # two near-identical members: the mean is the FP32 model to within FP16 noise
+    assert abs(both["top1_drop"]) < 0.5 and both["agreement"] > 99
+    assert single["explain_ms"] > 0 and 0 < single["explain_pct"] < 100 and both["explain_ms"] is None
+
+
 @pytest.mark.parametrize("args, message", [
     (["--data", "/nonexistent.npz"], "no such file"),
     (["--targets", "onnx,gpu"], "--targets must be"),
     (["--batch", "0"], "--batch sizes must be"),
     (["--max-drop", "1"], "--max-drop needs --data"),
+    (["--explain"], "pass --video too"),
     (["--model", "/nonexistent/model.onnx", "--targets", "onnx", "--precisions", "fp32"], "no row ran"),
 ])
 def test_bad_input_one_line_exit_2(args, message):

@@ -82,6 +82,11 @@ def available(name: str) -> tuple[bool, str]:
 def open_backend(ref: Any, backend: str = "auto", kind: str | None = None, **options: Any) -> Backend:
     """Load an artifact (reference or :class:`Artifact`) on the named backend."""
     art = ref if isinstance(ref, Artifact) else load(ref, kind=kind)
+    if art.manifest.kind == "ensemble":
+        # members pick their own backends; the ensemble's face answers run() and info()
+        from ..ensemble import EnsembleClassifier
+
+        return EnsembleClassifier(art, backend, **options).backend  # type: ignore[return-value]
     name = ALIASES.get(backend, backend)
     target = art.manifest.target
     if name == "auto":

@@ -47,6 +47,7 @@ def _batches(value: str) -> list[int]:
 @click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
 @click.option("--video", type=click.Path(), default=None, help="Also time the full detect -> classify loop on this file.")
 @click.option("--video-frames", type=click.IntRange(min=0), default=300, show_default=True, help="Frames of --video (0: all).")
+@click.option("--explain", is_flag=True, help="With --video: run the loop with CAM heatmaps and report their cost per frame.")
 @click.option("--batch", "batch", default="1,32", show_default=True, help="Batch sizes timed.")
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="Threads per runtime (0: runtime default).")
 @click.option("--min-seconds", type=click.FloatRange(min=0), default=1.0, show_default=True, help="Timing per batch size.")
@@ -58,7 +59,7 @@ def _batches(value: str) -> list[int]:
               help="Exit 1 when an FP16 or INT8 row loses more than P top-1 points against FP32.")
 @click.pass_context
 def bench(ctx, model, arch, detector, targets, precisions, artifacts, data, data_usage, data_size, calib, calib_size,
-          calib_method, video, video_frames, batch, threads, min_seconds, workdir, json_path, csv_path, plot_path, max_drop):
+          calib_method, video, video_frames, explain, batch, threads, min_seconds, workdir, json_path, csv_path, plot_path, max_drop):
     """Measure latency, FPS and the accuracy lost to FP16/INT8 on every installed runtime.
 
     \b
@@ -73,6 +74,8 @@ def bench(ctx, model, arch, detector, targets, precisions, artifacts, data, data
     from .. import bench as B
 
     quiet = bool((ctx.obj or {}).get("quiet"))
+    if explain and not video:
+        raise EdgeferError("--explain measures the cost of heatmaps in the video loop: pass --video too")
     if max_drop is not None and not data:
         raise EdgeferError("--max-drop needs --data (labeled faces) to measure the drop")
     for p, what in ((data, "--data"), (calib, "--calib"), (video, "--video")):
@@ -82,7 +85,7 @@ def bench(ctx, model, arch, detector, targets, precisions, artifacts, data, data
         model=model, detector=detector, targets=_csv_list(targets, B.TARGETS, "--targets"),
         precisions=_csv_list(precisions, B.PRECISIONS, "--precisions"), artifacts=list(artifacts), data=data,
         data_usage=data_usage, data_size=data_size, calib=calib, calib_size=calib_size, calib_method=calib_method,
-        arch=arch, video=video, video_frames=video_frames or None, batches=_batches(batch), threads=threads or None,
+        arch=arch, video=video, video_frames=video_frames or None, explain=explain, batches=_batches(batch), threads=threads or None,
         min_seconds=min_seconds, workdir=workdir, progress=not quiet and sys.stderr.isatty(),
     )
 
