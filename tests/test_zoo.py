@@ -37,15 +37,16 @@ def ov_compile(path):
     return ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
 
 
-def faces(n, size=(48, 48)):
-    """Real FER2013 PublicTest faces, uint8 NHWC."""
+def faces(n, size=(48, 48), color="gray"):
+    """Real FER2013 PublicTest faces, uint8 NHWC (gray, or the gray face in 3 channels)."""
     d = np.load(shared_file("data/fer2013/publictest.npz"))
     imgs = d["images"][:n]
     if tuple(size) != (48, 48):
         import cv2
 
         imgs = np.stack([cv2.resize(i, size[::-1]) for i in imgs])
-    return imgs[..., None]
+    imgs = imgs[..., None]
+    return np.ascontiguousarray(np.repeat(imgs, 3, axis=-1)) if color != "gray" else imgs
 
 
 def test_registry_and_module_constants():
@@ -62,22 +63,48 @@ def test_registry_and_module_constants():
     # other class counts build too (FERPlus' 8, a 4-class subset)
     for arch in ("edgenet", "deep-emotion", "resnet18"):
         assert zoo.build(arch, num_classes=8).eval()(torch.zeros(1, 1, 48, 48)).shape == (1, 8)
+    # the seed live demo's classifier: 224 px RGB by default, grayscale 64 px through build kwargs
+    mnv3 = module("mobilenetv3-small")
+    assert tuple(mnv3.INPUT_SIZE) == (224, 224) and mnv3.COLOR == "rgb" and len(mnv3.MEAN) == 3
+    m = zoo.build("mobilenetv3-small").eval()
+    assert m(torch.zeros(2, 3, 224, 224)).shape == (2, len(mnv3.CLASSES))
+    assert sum(p.numel() for p in zoo.build("mobilenetv3-small", num_classes=1000).parameters()) == 2_542_856
+    gray = zoo.build("mobilenetv3-small", in_channels=mnv3.GRAY64["in_channels"], num_classes=8).eval()
+    assert gray(torch.zeros(1, 1, *mnv3.GRAY64["size"])).shape == (1, 8)
+    sd, kw = mnv3.load_checkpoint({"state_dict": gray.state_dict()})
+    assert kw == {"num_classes": 8, "in_channels": 1}
+    zoo.build("mobilenetv3-small", **kw).load_state_dict(sd, strict=True)
 
 
-@pytest.mark.parametrize("arch", ["edgenet", "deep-emotion", "resnet18"])
+@pytest.mark.parametrize("arch", ["edgenet", "deep-emotion", "resnet18", "mobilenetv3-small"])
 def test_export_runs_on_ort_and_openvino(arch, tmp_path):
     torch.manual_seed(0)
     model = zoo.build(arch).eval()
     if arch == "deep-emotion":  # a non-identity transform, so the grid sampling is exercised
         with torch.no_grad():
             model.fc_loc[2].weight.normal_(0, 0.05)
+    mod = module(arch)
+    x = faces(5, tuple(mod.INPUT_SIZE), mod.COLOR)
+    if arch == "mobilenetv3-small":
+        # at init its logits are ~1e-9 (so any graph would match): give it BatchNorm statistics of
+        # real faces and a head at torch's default init, so the comparison below means something
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.momentum = None  # cumulative average: one batch sets the statistics
+                m.reset_running_stats()
+        for lin in (model.classifier[0], model.classifier[3]):
+            lin.reset_parameters()
+        with torch.no_grad():
+            ClassifierWithPreprocess(model.train(), mod.MEAN, mod.STD, color=mod.COLOR)(
+                torch.from_numpy(faces(16, tuple(mod.INPUT_SIZE), mod.COLOR)))
+        model.eval()
     w = export(arch, model, tmp_path / "m.onnx")
-    x = faces(5)
     ref = w(torch.from_numpy(x)).detach().numpy()
     got = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
     np.testing.assert_allclose(got, ref, atol=2e-4, rtol=1e-4)
     got_ov = ov_compile(tmp_path / "m.onnx")(x)[0]
     np.testing.assert_allclose(got_ov, ref, atol=2e-3, rtol=1e-3)
+    assert np.abs(ref).max() > 1e-2, "logits near 0: the comparison would not test the graph"
 
 
 def test_deep_emotion_grid_matches_affine_grid():

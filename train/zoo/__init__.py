@@ -17,6 +17,7 @@ REGISTRY: dict[str, str] = {
     "emotorch-enhanced-v2": "edgefer.train.zoo.emotorch:build_enhanced_v2",
     "deep-emotion": "edgefer.train.zoo.deep_emotion:build",
     "resnet18": "edgefer.train.zoo.resnet:build",
+    "mobilenetv3-small": "edgefer.train.zoo.mobilenetv3:build",
 }
 
 
