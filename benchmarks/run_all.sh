@@ -32,9 +32,9 @@ fi
 
 if part peers; then
   VIDEOS=("$SHARED/data/video/webcam_720p.mp4" "$SHARED/data/video/crowd_720p.mp4")
-  python benchmarks/peers/seed_loop.py "${VIDEOS[@]}" --json "$OUT/peers_seed_loop.json" || echo "seed loop failed" >&2
+  python benchmarks/peers/seed_loop.py "${VIDEOS[@]}" --max-frames 300 --json "$OUT/peers_seed_loop.json" || echo "seed loop failed" >&2
   if [ -x "$PEERS_VENV/bin/python" ]; then
-    "$PEERS_VENV/bin/python" benchmarks/peers/fer_peer.py "${VIDEOS[@]}" --json "$OUT/peers_fer.json" || echo "fer peer failed" >&2
+    "$PEERS_VENV/bin/python" benchmarks/peers/fer_peer.py "${VIDEOS[@]}" --max-frames 300 --json "$OUT/peers_fer.json" || echo "fer peer failed" >&2
   else
     echo "skipping the fer peer: no venv at $PEERS_VENV (see benchmarks/peers/README.md)" >&2
   fi
