@@ -686,3 +686,49 @@ def gate(result: dict[str, Any], max_drop: float) -> list[str]:
             if r["top1_drop"] > max_drop:
                 bad.append(f"{r['target']}/{r['precision']} loses {r['top1_drop']:.2f} points (> {max_drop:g})")
     return bad
+
+
+# ----------------------------------------------------------------------------- schema
+_NUM = {"type": ["number", "null"]}
+_LAT = {"type": "object", "required": ["p50", "p90", "p99"],
+        "properties": {q: {"type": "number", "minimum": 0} for q in ("p50", "p90", "p99", "mean")}}
+#: JSON Schema (draft 2020-12) of the bench's JSON output, schema 1 (documented in benchmarks/README.md)
+JSON_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "edgefer bench result",
+    "type": "object",
+    "required": ["schema", "machine", "model", "settings", "notes", "rows"],
+    "properties": {
+        "schema": {"const": SCHEMA},
+        "machine": {"type": "object", "required": ["cpu", "cores", "os", "versions"],
+                    "properties": {"cores": {"type": ["integer", "null"]}, "versions": {"type": "object"}}},
+        "model": {"type": "object", "required": ["ref"]},
+        "settings": {"type": "object", "required": ["batches"],
+                     "properties": {"batches": {"type": "array", "items": {"type": "integer", "minimum": 1}}}},
+        "notes": {"type": "array", "items": {"type": "string"}},
+        "rows": {"type": "array", "items": {
+            "type": "object",
+            "required": ["target", "precision", "status", "reason", "size_mb", "load_s", "latency_ms", "throughput",
+                         "top1", "top2", "macro_f1", "top1_drop", "per_class_drop", "agreement", "kl", "e2e_fps",
+                         "e2e_p99_ms", "decode_fps", "peak_mb"],
+            "properties": {
+                "target": {"enum": list(TARGETS) + ["ensemble"]},
+                "precision": {"enum": list(PRECISIONS) + ["mixed"]},
+                "status": {"enum": list(STATUSES)},
+                "reason": {"type": ["string", "null"]},
+                "latency_ms": {"type": "object", "patternProperties": {"^b[0-9]+$": _LAT}, "additionalProperties": False},
+                "per_class_drop": {"type": "object", "additionalProperties": {"type": "number"}},
+                "top1": {"type": ["number", "null"], "minimum": 0, "maximum": 100},
+                "top2": {"type": ["number", "null"], "minimum": 0, "maximum": 100},
+                "agreement": {"type": ["number", "null"], "minimum": 0, "maximum": 100},
+                **{k: _NUM for k in ("size_mb", "load_s", "throughput", "macro_f1", "top1_drop", "kl", "e2e_fps",
+                                     "e2e_p99_ms", "decode_fps", "e2e_ratio", "peak_mb", "explain_ms", "explain_pct")},
+            },
+            # a row that ran has its numbers; one that did not says why
+            "if": {"properties": {"status": {"const": "ok"}}},
+            "then": {"properties": {"size_mb": {"type": "number"}, "load_s": {"type": "number"},
+                                    "throughput": {"type": "number"}, "latency_ms": {"minProperties": 1}}},
+            "else": {"properties": {"reason": {"type": "string"}}},
+        }},
+    },
+}

@@ -59,6 +59,26 @@ def test_class_matching_by_name_and_shared_classes():
         B.Scoring(None, np.array([0]), ["contempt"], "x").for_model(["angry", "happy"])
 
 
+def validate(res: dict) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(res, B.JSON_SCHEMA)
+
+
+def test_schema_rejects_what_it_should():
+    jsonschema = pytest.importorskip("jsonschema")
+    good = {"schema": 1, "machine": {"cpu": "x", "cores": 2, "os": "Linux", "versions": {}}, "model": {"ref": "m"},
+            "settings": {"batches": [1]}, "notes": [], "rows": [B._row("trt", "int8", "unavailable", "no tensorrt")]}
+    validate(good)
+    for bad_row in (B._row("trt", "int8", "unavailable"),  # no reason
+                    B._row("onnx", "int4", "ok"),  # unknown precision
+                    {**B._row("onnx", "fp32", "ok"), "size_mb": 1.0, "load_s": 0.1, "throughput": 1.0,
+                     "latency_ms": {"b1": {"p50": 1.0}}}):  # latency without p90/p99
+        with pytest.raises(jsonschema.ValidationError):
+            validate({**good, "rows": [bad_row]})
+    with pytest.raises(jsonschema.ValidationError):
+        validate({**good, "schema": 2})
+
+
 def test_gate():
     res = {"rows": [
         {"target": "onnx", "precision": "fp32", "status": "ok", "top1_drop": 0.0},
@@ -75,6 +95,7 @@ def test_no_data_fresh_machine_rows_and_unavailable(tmp_path):
     r = cli("bench", "--targets", "onnx,trt,coreml", "--precisions", "fp32,int8", "--json", str(out), *FAST)
     assert r.returncode == 0, r.stderr
     res = json.loads(out.read_text())
+    validate(res)
     assert res["schema"] == 1 and res["machine"]["cores"] >= 1 and "onnxruntime" in res["machine"]["versions"]
     rows = {(x["target"], x["precision"]): x for x in res["rows"]}
     ok = rows[("onnx", "fp32")]
@@ -98,6 +119,7 @@ def test_accuracy_drop_csv_plot_and_gate(tmp_path, small_test):
             "--calib", str(train), "--json", str(js), "--csv", str(cs), "--plot", str(png), "--max-drop", "100", *FAST)
     assert r.returncode == 0, r.stderr
     res = json.loads(js.read_text())
+    validate(res)
     rows = {(x["target"], x["precision"]): x for x in res["rows"]}
     assert all(x["status"] == "ok" for x in rows.values()), [x["reason"] for x in rows.values()]
     ref = rows[("onnx", "fp32")]
@@ -179,8 +201,9 @@ def test_ensemble_row_and_explain_cost(tmp_path, small_test, videos_dir):
     r = cli("bench", "--targets", "onnx", "--precisions", "fp32", "--artifact", str(ens), "--data", str(small_test),
             "--video", str(videos_dir / "frown_512.mp4"), "--video-frames", "30", "--explain", "--json", str(js), *FAST)
     assert r.returncode == 0, r.stderr
-    rows = json.loads(js.read_text())["rows"]
-    single, both = rows
+    res = json.loads(js.read_text())
+    validate(res)
+    single, both = res["rows"]
     assert both["target"] == "ensemble" and both["status"] == "ok" and len(both["members"]) == 2
     assert both["size_mb"] == pytest.approx(single["size_mb"] + B.artifact_size_mb(B.load(str(fp16))), abs=2e-3)
     # two near-identical members: the mean is the FP32 model to within FP16 noise
