@@ -33,6 +33,7 @@ DEFAULT_MODES = [
     # an equally valid every-frame setting: its agreement with the first mode is the noise floor
     # of the per-frame emotion (how often a few pixels of box jitter flip the classifier)
     "det608=--det-size 608",
+    "openvino=--backend openvino",
     "every3=--detect-every 3",
     "every5-480=--detect-every 5 --det-size 480",
 ]
@@ -52,6 +53,9 @@ def parse_mode(text: str) -> tuple[str, dict]:
             i += 1
         elif a == "--det-size":
             kw["det_size"] = int(args[i + 1])
+            i += 1
+        elif a == "--backend":
+            kw["backend"] = args[i + 1]
             i += 1
         elif a == "--threads":
             kw["threads"] = int(args[i + 1])

@@ -15,8 +15,13 @@ part() { [ -z "${ONLY:-}" ] || [ "$ONLY" = "$1" ]; }
 if part bench; then
   # every backend x precision of the bundled classifier, accuracy on FER2013 PublicTest,
   # INT8 calibrated on 300 class-balanced training faces, the loop on the webcam clip
+  # ensembles of the two bundled classifiers, as extra rows beside the single models
+  ENS=$(mktemp -d)
+  python -m edgefer.ensemble -o "$ENS/mean" --rule mean mini-xception edgenet
+  python -m edgefer.ensemble -o "$ENS/vote" --rule vote mini-xception edgenet
   edgefer bench --data "$SHARED/data/fer2013/publictest.npz" --calib "$SHARED/data/fer2013/train.npz" \
-    --video "$SHARED/data/video/webcam_720p.mp4" --video-frames 0 --batch 1,32 \
+    --video "$SHARED/data/video/webcam_720p.mp4" --video-frames 0 --batch 1,32 --explain \
+    --artifact "$ENS/mean" --artifact "$ENS/vote" \
     --json "$OUT/bench_mini_xception.json" --csv "$OUT/bench_mini_xception.csv" --plot "$OUT/bench_mini_xception.png"
   for m in edgenet; do
     if [ -f "edgefer/assets/$m.json" ]; then

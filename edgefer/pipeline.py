@@ -13,6 +13,7 @@ where the time goes (p50/p99 per stage, end to end, and dropped frames for live 
 from __future__ import annotations
 
 import itertools
+import os
 import queue
 import threading
 import time
@@ -145,6 +146,10 @@ class Pipeline:
             det_kw["conf_thresh"] = conf_thresh
         if threads:
             backend_options["threads"] = threads
+        if "spin" not in backend_options and not os.environ.get("EDGEFER_ORT_SPIN"):
+            # two sessions on two threads: ORT's spinning workers of the idle one steal the cores
+            # of the busy one (webcam_720p: 65 -> 89 fps end to end with spinning off)
+            backend_options["spin"] = False
         if detect_every < 1:
             raise ValueError("detect_every must be >= 1")
         self.detector = FaceDetector(detector, backend=backend, **det_kw, **backend_options)

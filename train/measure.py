@@ -126,7 +126,30 @@ def publictest_top1(path: Path, classes: Sequence[str], npz: Path, class_map: di
     return {"top1": float((pred == truth).mean()), "images": int(len(idx)), "classes": shared}
 
 
-def measure(archs: Sequence[str], weights: dict[str, str], npz: Path | None, workdir: Path) -> list[dict[str, Any]]:
+def int8_onnx(path: Path, calib_npz: Path, dst: Path, count: int = 300) -> Path:
+    """QDQ INT8 (symmetric, per-channel, minmax) of an exported graph, calibrated on ``count``
+    class-balanced training faces; the variant this CPU runs correctly (see export.quantize)."""
+    from edgefer.align import resize_faces
+    from edgefer.artifact import InputSpec
+    from edgefer.calibration.samples import balanced_indices
+    from edgefer.export import quantize as q
+    from edgefer.export.graph import simplify
+
+    s = ort_session(path, threads=1)
+    inp = s.get_inputs()[0]
+    spec = InputSpec(dtype="uint8", layout="NHWC", size=[int(inp.shape[1]), int(inp.shape[2])],
+                     color="gray" if inp.shape[3] == 1 else "bgr")
+    d = np.load(calib_npz)
+    x = resize_faces(d["images"][balanced_indices(d["labels"], count, 0)], spec)
+    cpu = q.cpu_profile()
+    variant = "s8s8-rr" if q.overflow_risk(cpu) else "s8s8"
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    simple = simplify(path, dst.with_name(dst.stem + "-fp32.onnx"))
+    return q.quantize_qdq(simple, dst, inp.name, x, variant=variant)
+
+
+def measure(archs: Sequence[str], weights: dict[str, str], npz: Path | None, workdir: Path,
+            calib: Path | None = None) -> list[dict[str, Any]]:
     import torch
 
     from . import zoo
@@ -172,18 +195,30 @@ def measure(archs: Sequence[str], weights: dict[str, str], npz: Path | None, wor
         row["ms_b1"], row["ms_b32"] = lat[1], lat[32]
         if npz is not None and (trained or arch == "mini-xception"):
             row["publictest"] = publictest_top1(path, classes, npz, getattr(mod, "FER2013_MAP", None))
+        if calib is not None:
+            q8 = int8_onnx(Path(path), calib, workdir / f"{arch}-int8" / "model.onnx")
+            lat8 = ort_latency(q8)
+            row["int8_ms_b1"], row["int8_ms_b32"] = lat8[1], lat8[32]
+            if npz is not None and (trained or arch == "mini-xception"):
+                row["int8_publictest"] = publictest_top1(q8, classes, npz, getattr(mod, "FER2013_MAP", None))
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| model | input | params | MMACs | ms/face b1 | ms/face b32 | PublicTest top-1 |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| model | input | params | MMACs | ms/face b1 | ms/face b32 | INT8 ms/face b1 | INT8 b32 | PublicTest top-1 | INT8 top-1 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         pt = r.get("publictest")
         acc = "-" if not pt else f"{100 * pt['top1']:.2f}%" + (f" ({len(pt['classes'])} classes, {pt['images']} images)" if len(pt["classes"]) < 7 else "")
-        lines.append(f"| {r['arch']} | {r['input']} | {r['params'] / 1e3:,.1f}k | {r['mmacs']:.1f} | {r['ms_b1']:.3f} | {r['ms_b32']:.3f} | {acc} |")
+        q = r.get("int8_publictest")
+        i1, i32 = r.get("int8_ms_b1"), r.get("int8_ms_b32")
+        acc8 = "-" if not q else f"{100 * q['top1']:.2f}%"
+        i1s = "-" if i1 is None else f"{i1:.3f}"
+        i32s = "-" if i32 is None else f"{i32:.3f}"
+        lines.append(f"| {r['arch']} | {r['input']} | {r['params'] / 1e3:,.1f}k | {r['mmacs']:.1f} | {r['ms_b1']:.3f} | "
+                     f"{r['ms_b32']:.3f} | {i1s} | {i32s} | {acc} | {acc8} |")
     return "\n".join(lines)
 
 
@@ -193,10 +228,11 @@ def main(argv=None) -> None:
     ap.add_argument("--weights", nargs="*", default=[], metavar="ARCH=CKPT", help="trained checkpoints (with sidecar)")
     ap.add_argument("--data", type=Path, default=None, help="publictest.npz for top-1")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--calib", type=Path, default=None, help="train.npz: also quantize to INT8 (QDQ) and time that")
     a = ap.parse_args(argv)
     weights = dict(w.split("=", 1) for w in a.weights)
     with tempfile.TemporaryDirectory() as td:
-        rows = measure(a.arch, weights, a.data, Path(td))
+        rows = measure(a.arch, weights, a.data, Path(td), a.calib)
     print(table(rows))
     if a.json:
         import onnxruntime as ort

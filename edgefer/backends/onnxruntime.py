@@ -49,6 +49,15 @@ class OnnxRuntimeBackend(Backend):
         threads = self.threads or int(os.environ.get("EDGEFER_THREADS", "0") or 0)
         if threads:
             opts.intra_op_num_threads = threads
+        # spinning: ORT's worker threads busy-wait after each run for the next one. Good for one
+        # model in a loop; in the pipeline (detector and classifier sessions on two threads) the
+        # idle session's spinners steal the cores from the busy one, so the pipeline turns it off
+        spin = self.options.get("spin")
+        if spin is None and os.environ.get("EDGEFER_ORT_SPIN"):
+            spin = os.environ["EDGEFER_ORT_SPIN"] not in ("0", "false", "no")
+        if spin is not None:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+            opts.add_session_config_entry("session.inter_op.allow_spinning", "1" if spin else "0")
         opts.log_severity_level = 3
         providers = self.options.get("providers") or default_providers()
         if isinstance(providers, str):
