@@ -126,15 +126,15 @@ def overlay(image: np.ndarray, heat: np.ndarray, affine: np.ndarray, crop_size: 
     """Blend a (h, w) map in [0, 1], given in crop coordinates, onto ``image`` (BGR, in place).
 
     Only the bounding box of the face's crop square is touched, in three OpenCV passes over
-    uint8: the map is coloured at crop size (64 x 64: cheap), one ``warpAffine`` with a
-    transparent border carries the colours into a copy of the box (pixels outside the rotated
-    square keep the image's own values), and ``addWeighted`` blends the copy back, which leaves
-    those outside pixels unchanged (x (1 - a) + x a = x). About 1 ms for a 400 x 400 box on this
-    machine's CPU, half of it the warp.
+    uint8: the map is upsampled and coloured at up to half the box's size (cheap), one
+    nearest-neighbour ``warpAffine`` with a transparent border carries the colours into a copy
+    of the box (pixels outside the rotated square keep the image's own values), and
+    ``addWeighted`` blends the copy back, which leaves those outside pixels unchanged
+    (x (1 - a) + x a = x). Nearest-neighbour from a map at half the box's resolution is as
+    smooth to the eye as bilinear from the crop's 64 px, and 3-7x cheaper: the warp was 2.7 ms
+    of a 480 x 480 box with bilinear, 0.4 ms with this.
     """
     ch, cw = int(crop_size[0]), int(crop_size[1])
-    up = cv2.resize(np.asarray(heat, np.float32), (cw, ch), interpolation=cv2.INTER_LINEAR)
-    colour = cv2.applyColorMap(cv2.convertScaleAbs(up, alpha=255.0), cv2.COLORMAP_JET)
     inv = cv2.invertAffineTransform(affine.astype(np.float64))
     corners = np.array([[0, 0, 1], [cw, 0, 1], [0, ch, 1], [cw, ch, 1]], np.float64) @ inv.T
     H, W = image.shape[:2]
@@ -142,11 +142,16 @@ def overlay(image: np.ndarray, heat: np.ndarray, affine: np.ndarray, crop_size: 
     x1, y1 = min(W, int(np.ceil(corners[:, 0].max()))), min(H, int(np.ceil(corners[:, 1].max())))
     if x1 <= x0 or y1 <= y0:
         return
+    res = int(min(256, max(cw, ch, (x1 - x0) // 2)))  # the coloured map's side
+    up = cv2.resize(np.asarray(heat, np.float32), (res, res), interpolation=cv2.INTER_LINEAR)
+    colour = cv2.applyColorMap(cv2.convertScaleAbs(up, alpha=255.0), cv2.COLORMAP_JET)
     m = affine.astype(np.float64).copy()
     m[:, 2] += m[:, :2] @ np.array([x0, y0], np.float64)  # box pixel -> crop pixel
+    m[0] *= res / cw  # crop pixel -> coloured-map pixel
+    m[1] *= res / ch
     roi = image[y0:y1, x0:x1]
     painted = roi.copy()
-    cv2.warpAffine(colour, m, (x1 - x0, y1 - y0), dst=painted, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+    cv2.warpAffine(colour, m, (x1 - x0, y1 - y0), dst=painted, flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
                    borderMode=cv2.BORDER_TRANSPARENT)
     cv2.addWeighted(roi, 1.0 - alpha, painted, alpha, 0.0, dst=roi)
 
