@@ -392,7 +392,8 @@ class Bench:
             row = self.measure(target, precision, path)
             row["label"] = label if given else None
             self.rows.append(row)
-            bar.write(self.row_line(row)) if cfg.progress else None
+            if cfg.progress:
+                bar.write(self.row_line(row))
         bar.close()
         self.compare()
         return self.result()

@@ -28,7 +28,7 @@ import numpy as np
 
 from edgefer.classes import FER2013, canonical
 
-CLASSIFIERS = ("edgenet", "mini-xception", "emotorch-baseline", "emotorch-enhanced-v2", "deep-emotion", "resnet18")
+CLASSIFIERS = ("edgenet", "mini-xception", "emotorch-baseline", "emotorch-enhanced-v2", "deep-emotion", "resnet18", "mobilenetv3-small")
 
 
 def count_macs(model, size: Sequence[int], channels: int = 1) -> int:
