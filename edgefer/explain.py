@@ -143,8 +143,10 @@ def overlay(image: np.ndarray, heat: np.ndarray, affine: np.ndarray, crop_size: 
     if x1 <= x0 or y1 <= y0:
         return
     res = int(min(256, max(cw, ch, (x1 - x0) // 2)))  # the coloured map's side
-    up = cv2.resize(np.asarray(heat, np.float32), (res, res), interpolation=cv2.INTER_LINEAR)
-    colour = cv2.applyColorMap(cv2.convertScaleAbs(up, alpha=255.0), cv2.COLORMAP_JET)
+    up = cv2.resize(np.asarray(heat, np.float32), (cw, ch), interpolation=cv2.INTER_LINEAR)
+    colour = cv2.applyColorMap(cv2.convertScaleAbs(up, alpha=255.0), cv2.COLORMAP_JET)  # at crop size: cheap
+    if res != cw or res != ch:
+        colour = cv2.resize(colour, (res, res), interpolation=cv2.INTER_LINEAR)
     m = affine.astype(np.float64).copy()
     m[:, 2] += m[:, :2] @ np.array([x0, y0], np.float64)  # box pixel -> crop pixel
     m[0] *= res / cw  # crop pixel -> coloured-map pixel
