@@ -346,6 +346,9 @@ class Bench:
             res = export_model(self.cfg.model, target, precision, **kw)
         except EdgeferError as e:
             return None, _row(target, precision, "export-failed", _one_line(e))
+        except ImportError as e:  # a build-side package missing on a runtime-only install
+            return None, _row(target, precision, "export-failed",
+                              f"exporting needs {e.name or e}: pip install 'edgefer[export]'")
         except Exception as e:  # noqa: BLE001 - a row, not a crash
             log.debug("export failed", exc_info=True)
             return None, _row(target, precision, "export-failed", f"{type(e).__name__}: {_one_line(e)}")
