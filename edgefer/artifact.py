@@ -74,7 +74,7 @@ BUNDLED = {
     "mini-xception": "mini_xception.json",
     "mini-xception-cam": "mini_xception_cam.json",  # same weights + the in-graph CAM output (edgefer.explain)
     "retinaface-mnet025": "retinaface_mnet025.json",
-    "edgenet": "edgenet.json",  # our edge-first classifier, trained here (train/runs/edgenet-fer2013-ft)
+    "edgenet": "edgenet.json",  # our edge-first classifier, trained here (train/runs/edgenet-fer2013-s3)
 }
 ALIASES = {
     "default": "mini-xception",
