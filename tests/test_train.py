@@ -249,3 +249,32 @@ def test_cli_errors_are_one_line(tmp_path, small_sets, capsys):
     assert main(["train", "--arch", "edgenet"]) == 2
     assert main(["train", "--resume", str(tmp_path)]) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def test_init_starts_from_given_weights(tmp_path, small_sets, capsys):
+    import torch
+
+    from edgefer.cli import main
+    from edgefer.train import zoo
+    from edgefer.train.checkpoint import load_state_dict
+
+    tr, va = small_sets
+    torch.manual_seed(123)
+    start = zoo.build("edgenet", num_classes=7).state_dict()
+    torch.save(start, tmp_path / "start.pth")
+    # lr ~ 0 and no EMA: the saved best.pth must be the --init weights (a fresh init would differ)
+    cfg = TrainConfig(arch="edgenet", data=str(tr), val=str(va), out=str(tmp_path / "run"), epochs=1, batch=64,
+                      lr=1e-12, weight_decay=0.0, limit=128, threads=2, quiet=True, init=str(tmp_path / "start.pth"))
+    train(cfg)
+    got = load_state_dict(tmp_path / "run" / "best.pth")
+    for k, v in start.items():
+        if v.dtype.is_floating_point and "running" not in k:
+            torch.testing.assert_close(got[k], v, atol=1e-6, rtol=0)
+    # weights of another architecture: one line, exit 2
+    assert main(["train", "--arch", "mini-xception", "--data", str(tr), "--init", str(tmp_path / "start.pth"),
+                 "--epochs", "1", "--limit", "64", "-o", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--init" in err[0] and "does not fit mini-xception" in err[0]
+    assert main(["train", "--arch", "edgenet", "--data", str(tr), "--init", str(tmp_path / "none.pth"),
+                 "-o", str(tmp_path / "y")]) == 2
+    assert "no such checkpoint" in capsys.readouterr().err
