@@ -226,6 +226,12 @@ class Manifest:
         return path
 
 
+def cache_dir() -> Path:
+    """Where edgefer keeps what it builds or fetches: ``$EDGEFER_CACHE``, or ``~/.cache/edgefer``."""
+    env = os.environ.get("EDGEFER_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "edgefer"
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """``sha256:<hex>`` of a file, or of every file below a directory (an .mlpackage)."""
     h = hashlib.sha256()

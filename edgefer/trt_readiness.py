@@ -67,7 +67,8 @@ def _load(model: Any):
     return model, None
 
 
-def _consts(model) -> dict:
+def const_values(model) -> dict:
+    """name -> numpy value of initializers and Constant nodes (None for external or unreadable data)."""
     from onnx import numpy_helper
 
     vals = {}
@@ -123,7 +124,7 @@ def check(model: Any) -> list[Finding]:
         out.append(Finding("error", "unsupported-ops", f"TensorRT does not import {', '.join(kinds)}{hint}", [n.name for n in bad]))
 
     # explicit quantization
-    consts = _consts(m)
+    consts = const_values(m)
     types = _elem_types(m)
     qdq = [n for n in m.graph.node if n.op_type in _QDQ]
     asym, uint8_zp, no_const, bad_scale, missing_zp = [], [], [], [], []

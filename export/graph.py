@@ -18,30 +18,19 @@ from pathlib import Path
 
 import numpy as np
 
+from edgefer.trt_readiness import const_values
+
 log = logging.getLogger(__name__)
 
 #: a Pad constant at or below this is treated as -inf for max pooling
 NEG_INF_THRESHOLD = -1e30
 
 
-def _const_values(model) -> dict:
-    """name -> numpy value of initializers and Constant nodes."""
-    from onnx import numpy_helper
-
-    vals = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    for n in model.graph.node:
-        if n.op_type == "Constant":
-            for a in n.attribute:
-                if a.name == "value":
-                    vals[n.output[0]] = numpy_helper.to_array(a.t)
-    return vals
-
-
 def fold_pad_into_maxpool(model) -> int:
     """Fuse ``Pad(constant -inf, spatial only) -> MaxPool`` pairs in place; returns how many."""
     from onnx import helper
 
-    vals = _const_values(model)
+    vals = const_values(model)
     consumers: dict[str, list] = {}
     for n in model.graph.node:
         for i in n.input:

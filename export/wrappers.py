@@ -113,7 +113,6 @@ def export_classifier_onnx(
     The spatial size is fixed (``size`` = height, width), so any size-dependent padding in the
     model becomes constants. ``metadata`` goes into the model's ``metadata_props``.
     """
-    import onnx
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -134,6 +133,13 @@ def export_classifier_onnx(
             dynamic_axes={input_name: {0: "batch"}, out_name: {0: "batch"}},
             do_constant_folding=True,
         )
+    return finish_onnx(path, metadata)
+
+
+def finish_onnx(path: Path, metadata: dict | None = None) -> Path:
+    """Add ``metadata`` to an exported graph, check it fully and save it as one self-contained file."""
+    import onnx
+
     model = onnx.load(str(path))
     if metadata:
         for k, v in metadata.items():

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from . import Backend
+from ..artifact import cache_dir, sha256_file
 from ..errors import EdgeferError
 
 log = logging.getLogger(__name__)
@@ -156,16 +157,11 @@ def trt_major() -> int:
 def cache_root(option: str | os.PathLike | None = None) -> Path:
     if option:
         return Path(option).expanduser()
-    env = os.environ.get("EDGEFER_CACHE")
-    return (Path(env).expanduser() if env else Path.home() / ".cache" / "edgefer") / "trt"
+    return cache_dir() / "trt"
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_file(path).split(":", 1)[1]
 
 
 def engine_key(identity: dict[str, Any]) -> str:
