@@ -4,11 +4,11 @@
 #   bash benchmarks/run_all.sh            # everything
 #   ONLY=bench bash benchmarks/run_all.sh # one part: bench | loop | peers
 # SHARED points at the shared data (default ../shared). Peers need their own venv, see
-# benchmarks/peers/README.md (PEERS_VENV, default /work/peers-venv); missing peers are skipped.
+# benchmarks/peers/README.md (PEERS_VENV, default .peers-venv); missing peers are skipped.
 set -euo pipefail
 SHARED=${SHARED:-../shared}
 OUT=benchmarks/results
-PEERS_VENV=${PEERS_VENV:-/work/peers-venv}
+PEERS_VENV=${PEERS_VENV:-.peers-venv}
 mkdir -p "$OUT"
 part() { [ -z "${ONLY:-}" ] || [ "$ONLY" = "$1" ]; }
 

@@ -1,6 +1,6 @@
 """Peer benchmark: the ``fer`` package (PyPI), run on the same videos as edgefer.
 
-    /work/peers-venv/bin/python benchmarks/peers/fer_peer.py [VIDEO ...] [--modes haar,mtcnn]
+    .peers-venv/bin/python benchmarks/peers/fer_peer.py [VIDEO ...] [--modes haar,mtcnn]
         [--max-frames N] [--max-seconds S] [--torch-threads T] [--json benchmarks/results/peers_fer.json] [--note TEXT]
 
 Runs in its own venv (see README.md beside this file): ``fer`` needs TensorFlow, and its MTCNN
