@@ -3,7 +3,11 @@
 Decoding runs on a background thread that feeds a bounded queue, so decode overlaps inference
 (OpenCV releases the GIL while decoding). Files never drop a frame: the reader blocks when the
 queue is full. A live camera never blocks capture: when the consumer falls behind, the oldest
-queued frame is dropped and counted, so results stay close to real time.
+queued frame is dropped and counted, so results stay close to real time. A video file opened
+with ``realtime=True`` (``edgefer run clip.mp4 --realtime``) is replayed as a live camera: each
+frame is released at its own time (index / fps from the start), decoded then, and dropped like a
+camera's frame when the consumer falls behind, so live latency and drops can be measured without
+a camera.
 """
 
 from __future__ import annotations
@@ -68,11 +72,12 @@ class Source:
 class _Capture(Source):
     """cv2.VideoCapture-backed source (camera, file, stream) read on a background thread."""
 
-    def __init__(self, cap: cv2.VideoCapture, label: str, live: bool, queue_size: int = 4):
+    def __init__(self, cap: cv2.VideoCapture, label: str, live: bool, queue_size: int = 4, paced: bool = False):
         super().__init__()
         self.cap = cap
         self.label = label
         self.live = live
+        self.paced = paced  # release frames at the stream's own rate (a file replayed as a camera)
         fps = cap.get(cv2.CAP_PROP_FPS)
         self.fps = float(fps) if fps and fps > 0 and fps < 1000 else 30.0
         n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
@@ -91,19 +96,34 @@ class _Capture(Source):
         consecutive_failures = 0
         try:
             while not self._stop.is_set():
+                if self.paced:  # the frame "arrives" at its own time; decoding it is part of capture
+                    due = start + idx / self.fps
+                    wait = due - time.perf_counter()
+                    if wait > 0:
+                        time.sleep(wait)
+                    elif -wait > 1.0 / self.fps:
+                        # more than a frame late: a camera would have overwritten it (one-frame
+                        # driver buffer); skip it and count it as dropped
+                        if not self.cap.grab():
+                            break
+                        idx += 1
+                        self.decode_s.append(0.0)
+                        self.dropped += 1
+                        continue
                 t0 = time.perf_counter()
                 ok, img = self.cap.read()
                 t1 = time.perf_counter()
                 if not ok or img is None:
-                    if self.live and consecutive_failures < 50 and idx > 0:
+                    if self.live and not self.paced and consecutive_failures < 50 and idx > 0:
                         consecutive_failures += 1
                         time.sleep(0.01)
                         continue
                     break
                 consecutive_failures = 0
                 self.decode_s.append(t1 - t0)
-                ts = (t1 - start) if self.live else idx / self.fps
-                fr = Frame(idx, ts, img, captured=t1)
+                ts = (t1 - start) if self.live and not self.paced else idx / self.fps
+                # a paced frame's clock starts when it was due, so its decode counts as latency
+                fr = Frame(idx, ts, img, captured=start + idx / self.fps if self.paced else t1)
                 idx += 1
                 if self.live:
                     while True:
@@ -278,9 +298,16 @@ def demo_frames(n: int = 90, size: tuple[int, int] = (640, 480)) -> list[np.ndar
     return frames
 
 
-def open_source(source: str | int | None, camera: int | None = None, demo: bool = False) -> Source:
-    """Open what the user named: camera index, video, image, folder, URL, or the demo."""
+def open_source(source: str | int | None, camera: int | None = None, demo: bool = False, realtime: bool | float = False) -> Source:
+    """Open what the user named: camera index, video, image, folder, URL, or the demo.
+
+    ``realtime``: replay a video file as a live camera at its own frame rate, or at ``realtime``
+    frames/s when it is a number (frames dropped, never queued, when processing falls behind;
+    latency measured from each frame's due time).
+    """
     if demo:
+        if realtime:
+            raise EdgeferError("--realtime replays a video file; the demo is not one")
         return ArraySource(demo_frames(), fps=30.0, label="demo (scikit-image astronaut)")
     if camera is not None and source is not None:
         raise EdgeferError("give either SOURCE or --camera, not both")
@@ -306,6 +333,8 @@ def open_source(source: str | int | None, camera: int | None = None, demo: bool 
     p = Path(s).expanduser()
     if not p.exists():
         raise EdgeferError(f"no such file or folder: {s}")
+    if realtime and (p.is_dir() or p.suffix.lower() in IMAGE_SUFFIXES):
+        raise EdgeferError(f"--realtime replays a video file; {s} is {'a folder' if p.is_dir() else 'an image'}")
     if p.is_dir():
         files = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
@@ -323,6 +352,14 @@ def open_source(source: str | int | None, camera: int | None = None, demo: bool 
         if not cap.isOpened():
             cap.release()
             raise EdgeferError(f"cannot read video {s}: corrupt or unsupported format")
+        if realtime:
+            src = VideoSource(cap, s, live=True, queue_size=2, paced=True)
+            if not isinstance(realtime, bool):
+                if not realtime > 0:
+                    cap.release()
+                    raise EdgeferError(f"the replay rate must be > 0 frames/s, not {realtime}")
+                src.fps = float(realtime)
+            return src
         return VideoSource(cap, s, live=False)
     # unknown suffix: try as an image, then as a video
     if read_image(p) is not None:

@@ -182,3 +182,27 @@ def test_python_api(photos_dir):
     r = pipe.process(img)
     assert len(r.faces) == 1 and r.faces[0].emotion in pipe.classes
     assert np.isclose(sum(r.faces[0].probs.values()), 1, atol=1e-3)
+
+
+def test_realtime_replay_reports_live_latency_and_drops(videos_dir, tmp_path, capsys):
+    """--realtime replays a file as a camera: every offered frame is either processed or counted as
+    dropped, latency is measured from each frame's due time, and the summary says so."""
+    summary = tmp_path / "s.json"
+    out = tmp_path / "e.jsonl"
+    # 300 fps replay: far faster than the loop runs on a CPU (detection alone takes > 3.3 ms), so frames must drop
+    rc = main(["run", str(videos_dir / "frown_512.mp4"), "--realtime-fps", "300", "--no-display",
+               "--events", str(out), "--summary", str(summary)])
+    assert rc == 0
+    s = json.loads(summary.read_text())
+    live = s["live"]
+    assert live["replayed_file"] and live["source_fps"] == 300
+    assert live["frames_offered"] == 354 == s["frames"] + s["dropped_frames"]
+    assert s["dropped_frames"] == live["dropped"] > 0
+    frames = [e["frame"] for e in _events(out)]
+    assert frames == sorted(set(frames)) and len(frames) == s["frames"]  # in order, none twice
+    assert 0 < live["latency_p50_ms"] <= live["latency_p99_ms"]
+    assert live["latency_p99_intervals"] == pytest.approx(live["latency_p99_ms"] / (1000 / 300), rel=1e-2)
+    assert "frame intervals at 300 fps" in capsys.readouterr().out
+    # on an image, --realtime is refused in one line
+    assert main(["run", str(videos_dir.parent / "photos" / "two_people.jpg"), "--realtime", "--no-display"]) == 2
+    assert "--realtime replays a video file" in capsys.readouterr().err

@@ -60,11 +60,16 @@ def _explain_cost(explain_ms: list[float], stats, pipe) -> dict:
 @click.option("--detect-every", type=click.IntRange(min=1), default=1, show_default=True, help="Detect on every N-th frame; tracks carry faces between (every frame is still classified).")
 @click.option("--overlap/--no-overlap", default=True, show_default=True, help="Detect frame N on a worker thread while frame N-1 is classified.")
 @click.option("--ceiling", is_flag=True, help="For a video file, also measure its decode-only fps and report the ratio.")
+@click.option("--realtime", is_flag=True,
+              help="Replay a video file as a live camera at its own frame rate: frames are dropped (and counted), "
+                   "never queued, when processing falls behind; latency is capture to result.")
+@click.option("--realtime-fps", type=click.FloatRange(min=0, min_open=True), default=None, metavar="FPS",
+              help="With --realtime: replay at FPS frames/s instead of the file's own rate (implies --realtime).")
 @click.option("--summary", "summary_path", type=click.Path(), default=None, help="Write the run summary as JSON.")
 @click.option("--explain", is_flag=True, help="Overlay each face's class activation heatmap (in-graph CAM, same inference); cost in the summary.")
 @click.pass_context
 def run(ctx, source, camera, demo, output, events, display, max_frames, detector, classifier, backend, providers, device,
-        det_size, conf_thresh, smoothing, threads, detect_every, overlap, ceiling, summary_path, explain):
+        det_size, conf_thresh, smoothing, threads, detect_every, overlap, ceiling, realtime, realtime_fps, summary_path, explain):
     """Detect faces and classify their emotions.
 
     \b
@@ -81,7 +86,7 @@ def run(ctx, source, camera, demo, output, events, display, max_frames, detector
     from ..sources import open_source
 
     quiet = (ctx.obj or {}).get("quiet", False)
-    src = open_source(source, camera=camera, demo=demo)
+    src = open_source(source, camera=camera, demo=demo, realtime=realtime_fps or realtime)
     opts = {}
     if providers:
         opts["providers"] = providers
@@ -178,6 +183,21 @@ def run(ctx, source, camera, demo, output, events, display, max_frames, detector
     }
     if explain:
         summary["explain"] = _explain_cost(explain_ms, stats, pipe)
+    pct = stats.percentiles()
+    if src.live and "total" in pct:
+        interval = 1e3 / src.fps
+        offered = stats.frames + src.dropped
+        summary["live"] = {
+            "source_fps": round(src.fps, 3),
+            "frame_interval_ms": round(interval, 3),
+            "latency_p50_ms": round(pct["total"]["p50"], 3),  # capture (or due time) to result
+            "latency_p99_ms": round(pct["total"]["p99"], 3),
+            "latency_p99_intervals": round(pct["total"]["p99"] / interval, 3),
+            "frames_offered": offered,
+            "dropped": src.dropped,
+            "dropped_pct": round(100.0 * src.dropped / offered, 2) if offered else 0.0,
+            "replayed_file": bool(getattr(src, "paced", False)),
+        }
     if summary_path:
         with open(summary_path, "w") as f:
             json.dump(summary, f, indent=2)
@@ -198,6 +218,11 @@ def run(ctx, source, camera, demo, output, events, display, max_frames, detector
     )
     if not quiet:
         click.echo("latency ms p50 / p99: " + "  ".join(f"{k} {_fmt_ms(p.get(k))}" for k in ("decode", "detect", "classify", "track", "total")))
+        if "live" in summary:
+            lv = summary["live"]
+            click.echo(f"live: capture to result p50 {lv['latency_p50_ms']:.1f} ms, p99 {lv['latency_p99_ms']:.1f} ms "
+                       f"= {lv['latency_p99_intervals']:.2f} frame intervals at {lv['source_fps']:.4g} fps; "
+                       f"{lv['dropped']} of {lv['frames_offered']} frames dropped ({lv['dropped_pct']:.1f}%)")
         if explain and summary["explain"]["frames"]:
             e = summary["explain"]
             click.echo(f"explain: {e['ms_per_frame']:.2f} ms/frame ({e['pct_of_frame']:.1f}% of the {e['frame_ms']:.1f} ms frame time; "
