@@ -242,14 +242,20 @@ class ClassifierWithCam(ClassifierWithPreprocess):
     """uint8 pixels in, ``(probs or logits, cam)`` out: the export wrapper with a CAM output."""
 
     def __init__(self, model: nn.Module, head: CamHead, mean, std, color: str = "gray", softmax: bool = True,
-                 layout: str = "NHWC"):
-        super().__init__(CamModel(model, head), mean, std, color=color, softmax=softmax, layout=layout)
+                 layout: str = "NHWC", tta: str | None = None):
+        super().__init__(CamModel(model, head), mean, std, color=color, softmax=softmax, layout=layout, tta=tta)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = image.to(torch.float32)
         if self.layout == "NHWC":
             x = x.permute(0, 3, 1, 2)
         x = (x - self.mean) / self.std
+        if self.tta == "flip":  # the mirror image's map is mirrored back and averaged with the face's
+            logits, cam = self.model(torch.cat([x, torch.flip(x, [3])], 0))
+            probs = torch.softmax(logits, dim=1).reshape(2, -1, logits.shape[1]).mean(0)
+            cam = cam.reshape(2, -1, *cam.shape[1:])
+            cam = (cam[0] + torch.flip(cam[1], [3])) / 2
+            return (probs if self.softmax else torch.log(probs)), cam
         logits, cam = self.model(x)
         return (torch.softmax(logits, dim=1) if self.softmax else logits), cam
 
@@ -262,7 +268,8 @@ def with_cam(wrapper: ClassifierWithPreprocess, size: Sequence[int]) -> Classifi
     example = torch.randn(2, wrapper.channels, h, w, generator=torch.Generator().manual_seed(0))
     head = find_cam_head(wrapper.model, example)
     cw = ClassifierWithCam(wrapper.model, head, wrapper.mean.flatten().tolist(), wrapper.std.flatten().tolist(),
-                           color=wrapper.color, softmax=wrapper.softmax, layout=wrapper.layout).eval()
+                           color=wrapper.color, softmax=wrapper.softmax, layout=wrapper.layout,
+                           tta=getattr(wrapper, "tta", None)).eval()
     with torch.no_grad():
         logits, cam = cw.model(example)
     if not _close(cam.mean(dim=(2, 3)), logits):  # the map must decompose the logits exactly
@@ -383,7 +390,8 @@ def torch_classifier(ref: str, arch: str | None = None) -> tuple[ClassifierWithP
         model, arch, meta, _obj = build_from_checkpoint(p, arch, None, read_training_sidecar(p))
         if meta["kind"] != "classifier" or not meta["size"]:
             raise EdgeferError(f"{p.name} is a {arch} {meta['kind']}, not a classifier with a fixed input size")
-        wrapper = ClassifierWithPreprocess(model, meta["mean"], meta["std"], color=meta["color"], softmax=True).eval()
+        wrapper = ClassifierWithPreprocess(model, meta["mean"], meta["std"], color=meta["color"], softmax=True,
+                                           tta=meta.get("tta")).eval()
         with torch.no_grad():
             n = int(model(torch.zeros(1, wrapper.channels, *meta["size"])).shape[-1])
         names = list(meta["classes"] or [])

@@ -260,6 +260,9 @@ def build_from_checkpoint(path: Path, arch: str | None, classes: list[str] | Non
                     meta[k] = list(inp[k]) if isinstance(inp[k], (list, tuple)) else inp[k]
         if isinstance(ck_classes, (list, tuple)) and ck_classes and not classes:
             meta["classes"] = [str(c) for c in ck_classes]
+        if sc and name == sc.get("arch") and sc.get("tta"):
+            meta["tta"] = str(sc["tta"])  # test-time augmentation the run was selected with
+
         if arch is None:
             log.info("checkpoint matches architecture %s", name)
         return model, name, meta, obj
@@ -294,7 +297,8 @@ def _checkpoint_source(path: Path, arch: str | None, classes: list[str] | None, 
         log.warning("the checkpoint outputs %d classes; pass --classes to name them (using %s)", n_out, ", ".join(names))
 
     def factory():
-        return ClassifierWithPreprocess(model, meta["mean"], meta["std"], color=meta["color"], softmax=True).eval()
+        return ClassifierWithPreprocess(model, meta["mean"], meta["std"], color=meta["color"], softmax=True,
+                                        tta=meta.get("tta")).eval()
 
     wrapper = factory()
     onnx_path = workdir / "fp32-source.onnx"
@@ -318,6 +322,8 @@ def _checkpoint_source(path: Path, arch: str | None, classes: list[str] | None, 
                                      if k in sidecar}} if sidecar else {})},
         license="see the checkpoint's licence",
     )
+    if meta.get("tta"):
+        man.extra["tta"] = meta["tta"]
     return SourceModel(man, onnx_path, "checkpoint", str(path), digest, None, factory)
 
 
@@ -355,7 +361,8 @@ def bundled_torch_factory(man: Manifest) -> Callable[[], Any] | None:
 
         spec = man.input
         return ClassifierWithPreprocess(load_weights(), spec.mean, spec.std, color=spec.color,
-                                        softmax=man.output == "probs", layout=spec.layout).eval()
+                                        softmax=man.output == "probs", layout=spec.layout,
+                                        tta=(man.extra or {}).get("tta")).eval()
 
     return factory if man.kind == "classifier" else None
 

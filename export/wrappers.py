@@ -44,7 +44,10 @@ class ClassifierWithPreprocess(nn.Module):
     ``std`` are in pixel units (0..255), one value or one per channel. ``color`` names the
     channel order the model was trained on (``gray``: 1 channel; ``bgr``/``rgb``: 3); the
     runtime feeds that order, the graph does not convert. ``layout`` is the layout of the
-    graph's input (``NHWC``, what image libraries produce, or ``NCHW``).
+    graph's input (``NHWC``, what image libraries produce, or ``NCHW``). ``tta="flip"`` runs
+    each face and its mirror image as one batch inside the graph and returns the mean of their
+    probabilities (logits out: the log of that mean), so test-time augmentation costs the
+    runtime one call, not two.
     """
 
     def __init__(
@@ -55,8 +58,12 @@ class ClassifierWithPreprocess(nn.Module):
         color: str = "gray",
         softmax: bool = True,
         layout: str = "NHWC",
+        tta: str | None = None,
     ):
         super().__init__()
+        if tta not in (None, "flip"):
+            raise ValueError(f"tta must be None or 'flip', not {tta!r}")
+        self.tta = tta
         if color not in CHANNELS:
             raise ValueError(f"color must be one of {sorted(CHANNELS)}, not {color!r}")
         if layout not in ("NHWC", "NCHW"):
@@ -78,6 +85,10 @@ class ClassifierWithPreprocess(nn.Module):
         if self.layout == "NHWC":
             x = x.permute(0, 3, 1, 2)
         x = (x - self.mean) / self.std
+        if self.tta == "flip":
+            out = self.model(torch.cat([x, torch.flip(x, [3])], 0))
+            probs = torch.softmax(out, dim=1).reshape(2, -1, out.shape[1]).mean(0)
+            return probs if self.softmax else torch.log(probs)
         out = self.model(x)
         return torch.softmax(out, dim=1) if self.softmax else out
 

@@ -278,3 +278,44 @@ def test_init_starts_from_given_weights(tmp_path, small_sets, capsys):
     assert main(["train", "--arch", "edgenet", "--data", str(tr), "--init", str(tmp_path / "none.pth"),
                  "-o", str(tmp_path / "y")]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
+
+
+def test_flip_tta_is_selected_on_and_exported_in_the_graph(tmp_path, small_sets):
+    """--tta flip: validation scores the mean of face and mirror; the sidecar says so; export puts
+    the flip in the ONNX graph, whose accuracy is the one the run recorded."""
+    ort = pytest.importorskip("onnxruntime")
+    from edgefer.cli import main
+    from edgefer.train.checkpoint import read_sidecar
+
+    tr, va = small_sets
+    cfg = TrainConfig(arch="edgenet", data=str(tr), val=str(va), out=str(tmp_path / "run"), epochs=2, batch=64,
+                      lr=3e-3, warmup=0.5, limit=256, threads=2, quiet=True, tta="flip")
+    train(cfg)
+    side = read_sidecar(tmp_path / "run" / "best.pth")
+    assert side["tta"] == "flip"
+    assert main(["-q", "export", str(tmp_path / "run" / "best.pth"), "--target", "onnx", "-o", str(tmp_path / "a")]) == 0
+    man = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert man["extra"]["tta"] == "flip"
+    sess = ort.InferenceSession(str(tmp_path / "a" / "model.onnx"), providers=["CPUExecutionProvider"])
+    v = np.load(va)
+    x = v["images"][:, :, :, None]
+    probs = sess.run(None, {"image": x})[0]
+    assert probs.shape == (len(x), 7)
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    assert float((probs.argmax(1) == v["labels"]).mean()) == pytest.approx(side["metrics"]["val_top1"], abs=1e-6)
+    # a face and its mirror image get the same probabilities from a flip-averaged graph
+    mirrored = sess.run(None, {"image": np.ascontiguousarray(x[:16, :, ::-1])})[0]
+    np.testing.assert_allclose(mirrored, probs[:16], atol=1e-5)
+    # and the flip is really there: the plain network scores a face and its mirror differently
+    plain = dict(side)
+    plain.pop("tta")
+    (tmp_path / "plain").mkdir()
+    import shutil
+
+    shutil.copy(tmp_path / "run" / "best.pth", tmp_path / "plain" / "best.pth")
+    (tmp_path / "plain" / "best.pth.json").write_text(json.dumps(plain))
+    assert main(["-q", "export", str(tmp_path / "plain" / "best.pth"), "--target", "onnx", "-o", str(tmp_path / "b")]) == 0
+    sb = ort.InferenceSession(str(tmp_path / "b" / "model.onnx"), providers=["CPUExecutionProvider"])
+    pb, pbm = sb.run(None, {"image": x[:16]})[0], sb.run(None, {"image": np.ascontiguousarray(x[:16, :, ::-1])})[0]
+    assert np.abs(pb - pbm).max() > 1e-3
+    np.testing.assert_allclose((pb + pbm) / 2, probs[:16], atol=1e-5)

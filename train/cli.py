@@ -61,10 +61,13 @@ def _arch_names() -> list[str]:
 @click.option("--resume", "resume", type=click.Path(), default=None, help="Continue from DIR/last.pt (or DIR).")
 @click.option("--init", "init", type=click.Path(), default=None,
               help="Start from these weights (e.g. an earlier run's best.pth) with a fresh schedule.")
+@click.option("--tta", type=click.Choice(["flip"]), default=None,
+              help="Score validation with the mean of each face and its mirror image; the checkpoint's sidecar "
+                   "records it and `edgefer export` puts the flip in the graph.")
 @click.option("-o", "--out", type=click.Path(), default=None, help="Output folder (default runs/<arch>).")
 @click.pass_context
 def train(ctx, arch, data, val, epochs, batch, lr, opt, weight_decay, label_smoothing, mixup, cutmix, mix_prob,
-          ema, ema_decay, warmup, balanced, soft_labels, erase, rotate, seed, threads, limit, resume, init, out):
+          ema, ema_decay, warmup, balanced, soft_labels, erase, rotate, seed, threads, limit, resume, init, tta, out):
     """Train a zoo architecture; checkpoints export with `edgefer export` and no --arch."""
     from .engine import TrainConfig
     from .engine import train as run
@@ -88,6 +91,6 @@ def train(ctx, arch, data, val, epochs, batch, lr, opt, weight_decay, label_smoo
         arch=arch, data=data, val=val, out=out, epochs=epochs or TrainConfig.epochs, batch=batch, lr=lr, opt=opt,
         weight_decay=weight_decay, warmup=warmup, label_smoothing=label_smoothing, mixup=mixup, cutmix=cutmix,
         mix_prob=mix_prob, ema=ema, ema_decay=ema_decay, balanced=balanced, soft_labels=soft_labels, seed=seed,
-        erase=erase, rotate=rotate, threads=threads, limit=limit, quiet=quiet, command=command, init=init,
+        erase=erase, rotate=rotate, threads=threads, limit=limit, quiet=quiet, command=command, init=init, tta=tta,
     )
     run(cfg)

@@ -82,6 +82,7 @@ class TrainConfig:
     command: str | None = None
     build: dict[str, Any] = field(default_factory=dict)  # extra zoo.build kwargs
     init: str | None = None  # start from these weights (a best.pth of an earlier run), fresh schedule
+    tta: str | None = None  # "flip": validate (and export) with the mean of the face and its mirror image
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -232,8 +233,13 @@ def metrics_from(confusion: np.ndarray) -> dict[str, Any]:
     }
 
 
-def evaluate(model, x_u8, labels: np.ndarray, soft: np.ndarray | None, mean, std, batch: int = 512) -> dict[str, Any]:
-    """Loss, top-1, macro-F1, per-class recall and confusion matrix of ``model`` on a uint8 tensor."""
+def evaluate(model, x_u8, labels: np.ndarray, soft: np.ndarray | None, mean, std, batch: int = 512,
+             tta: str | None = None) -> dict[str, Any]:
+    """Loss, top-1, macro-F1, per-class recall and confusion matrix of ``model`` on a uint8 tensor.
+
+    ``tta="flip"`` scores the mean of the probabilities of each face and its mirror image, which
+    is what an artifact exported with ``tta: flip`` computes in its graph.
+    """
     import torch
     import torch.nn.functional as F
 
@@ -245,6 +251,8 @@ def evaluate(model, x_u8, labels: np.ndarray, soft: np.ndarray | None, mean, std
         for i in range(0, len(x_u8), batch):
             xb = ((x_u8[i : i + batch].float() - mean) / std).contiguous(memory_format=torch.channels_last)
             logits = model(xb)
+            if tta == "flip":
+                logits = torch.log((F.softmax(logits, 1) + F.softmax(model(torch.flip(xb, [3])), 1)) / 2)
             k = logits.shape[1]
             logp = F.log_softmax(logits, 1)
             if soft is not None:
@@ -540,7 +548,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> dict[str
                 bar.set_postfix(loss=f"{tot_loss / seen:.3f}", lr=f"{opt.param_groups[0]['lr']:.4f}")
         bar.close()
         eval_model = ema.model if ema is not None else model
-        vm = evaluate(eval_model, x_val, val_ds.labels, val_ds.soft, mean, std, cfg.eval_batch)
+        vm = evaluate(eval_model, x_val, val_ds.labels, val_ds.soft, mean, std, cfg.eval_batch, cfg.tta)
         rec = {
             "epoch": epoch + 1, "step": step, "lr": opt.param_groups[0]["lr"],
             "train_loss": tot_loss / max(1, seen), "train_top1": tot_correct / max(1, seen),
@@ -556,6 +564,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> dict[str
             write_sidecar(out / "best.pth", {
                 "arch": cfg.arch, "build": build_kw, "classes": classes,
                 "input": {k_: spec[k_] for k_ in ("size", "color", "mean", "std")},
+                **({"tta": cfg.tta} if cfg.tta else {}),
                 "metrics": {k_: v for k_, v in best.items() if k_ != "confusion"},
                 "data": {"train": provenance(train_ds), "val": provenance(val_ds)},
                 "command": command, "training": asdict(cfg),
