@@ -74,14 +74,24 @@ def crop_faces(
     h, w = spec.size
     c = spec.channels
     k = len(boxes)
-    img = to_color(frame, spec.color, color_cache)
+    # a gray model on a colour frame: with few faces, warping colour crops and converting those
+    # is far cheaper than converting the whole frame (720p: ~0.4 ms for the frame, ~10 us a face);
+    # both steps are linear, so the crops differ from convert-then-warp by rounding only (<= 1)
+    per_crop = (spec.color == "gray" and frame.ndim == 3 and not (color_cache and "gray" in color_cache)
+                and k * h * w * 8 < frame.shape[0] * frame.shape[1])
+    img = frame if per_crop else to_color(frame, spec.color, color_cache)
     if out is None or out.shape[0] < k or out.shape[1:] != (h, w, c):
         out = np.empty((max(k, 1), h, w, c), np.uint8)
+    tmp = np.empty((h, w, 3), np.uint8) if per_crop else None
     align = crop.get("align", "eyes") == "eyes"
     for i in range(k):
         m = face_affine(boxes[i], None if landmarks is None else landmarks[i], (h, w), float(crop["scale"]), align)
         dst = out[i] if c > 1 else out[i, :, :, 0]
-        cv2.warpAffine(img, m, (w, h), dst=dst, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        if per_crop:
+            cv2.warpAffine(img, m, (w, h), dst=tmp, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            cv2.cvtColor(tmp, cv2.COLOR_BGR2GRAY, dst=dst)
+        else:
+            cv2.warpAffine(img, m, (w, h), dst=dst, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return layout(out[:k], spec)
 
 

@@ -117,6 +117,23 @@ def test_crop_levels_the_eyes():
     assert abs(ys[xs < 32].mean() - ys[xs >= 32].mean()) > 8
 
 
+def test_gray_crops_from_a_colour_frame_match_either_way(photos_dir):
+    """Few faces: colour crops converted to gray; many (or a cached gray frame): the frame is
+    converted once. The two paths give the same crops up to uint8 rounding."""
+    img = cv2.imread(str(photos_dir / "two_people.jpg"))
+    gray = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 500, (40, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(40, 200, (40, 2))], 1).astype(np.float32)
+    spec = InputSpec(size=[64, 64], color="gray")
+    few = crop_faces(img, boxes[:3], None, spec)  # per-crop conversion
+    few_ref = crop_faces(img, boxes[:3], None, spec, color_cache={"gray": gray})
+    assert np.abs(few.astype(int) - few_ref.astype(int)).max() <= 1
+    assert np.abs(few.astype(int) - few_ref.astype(int)).mean() < 0.3
+    many = crop_faces(img, boxes, None, spec)  # 40 faces: the whole frame is converted once
+    np.testing.assert_array_equal(many, crop_faces(gray, boxes, None, spec))
+
+
 def test_face_affine_centres_the_box():
     m = face_affine(np.array([10, 20, 50, 60], np.float32), None, (64, 64), 1.0, align=False)
     centre = m @ np.array([30, 40, 1.0])
