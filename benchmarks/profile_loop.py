@@ -15,7 +15,7 @@ share says how much decoding head-room is left.
 
 ONNX Runtime's own worker threads are native and not sampled; their work shows as time inside
 the calling thread's ``Session.run`` (inference), which is the useful attribution here.
-Needs py-spy (in the dev extra) and permission to trace a child process (root, or
+Needs py-spy (`pip install py-spy`; not in the dev extra) and permission to trace a child process (root, or
 ptrace_scope 0).
 """
 
