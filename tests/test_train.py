@@ -319,3 +319,54 @@ def test_flip_tta_is_selected_on_and_exported_in_the_graph(tmp_path, small_sets)
     pb, pbm = sb.run(None, {"image": x[:16]})[0], sb.run(None, {"image": np.ascontiguousarray(x[:16, :, ::-1])})[0]
     assert np.abs(pb - pbm).max() > 1e-3
     np.testing.assert_allclose((pb + pbm) / 2, probs[:16], atol=1e-5)
+
+
+def test_distillation_learns_the_teacher_not_the_labels(tmp_path, small_sets, pt):
+    """--teacher with --distill 1: the student keeps the teacher's answers (the committed stage-4
+    EdgeNet, flip included) even when every label says 'angry', where the labels alone teach it
+    'angry'; a teacher that does not see what the student sees is refused in one line."""
+    from pathlib import Path
+
+    from edgefer.errors import EdgeferError
+    from edgefer.train.engine import load_trained
+
+    teacher = Path(__file__).resolve().parents[1] / "train" / "runs" / "edgenet-fer2013-s4" / "best.pth"
+    if not teacher.is_file():
+        pytest.skip("train/runs/edgenet-fer2013-s4/best.pth not in this checkout")
+    tr, _ = small_sets
+    d = np.load(tr)
+    wrong = tmp_path / "all_angry.npz"
+    np.savez(wrong, images=d["images"], labels=np.zeros_like(d["labels"]), classes=np.array(FER2013))
+    common = dict(arch="edgenet", data=str(wrong), val=str(wrong), epochs=1, batch=16, lr=3e-3, warmup=0.0,
+                  init=str(teacher), label_smoothing=0.0, flip=False, rotate=0, scale=0, translate=0, jitter=0,
+                  erase=0.0, threads=2, quiet=True)
+    train(TrainConfig(out=str(tmp_path / "kd"), teacher=str(teacher), distill=1.0, distill_temp=1.0, **common))
+    train(TrainConfig(out=str(tmp_path / "ce"), **common))
+
+    tmodel, _ = load_trained(teacher)
+    x = (torch.from_numpy(d["images"]).float()[:, None] - 128.0) / 64.0
+    with torch.no_grad():
+        t = ((torch.softmax(tmodel(x), 1) + torch.softmax(tmodel(torch.flip(x, [3])), 1)) / 2).argmax(1)
+    agree = {}
+    for name in ("kd", "ce"):
+        m, _ = load_trained(tmp_path / name / "best.pth")
+        with torch.no_grad():
+            agree[name] = float((m(x).argmax(1) == t).float().mean())
+    print(f"agreement with the teacher: distilled {agree['kd']:.3f}, labels only {agree['ce']:.3f}")
+    assert agree["kd"] > 0.75 and agree["kd"] > agree["ce"] + 0.3, agree
+    side = json.loads((tmp_path / "kd" / "best.pth.json").read_text())
+    assert side["training"]["teacher"] == str(teacher) and side["training"]["distill"] == 1.0
+
+    # refusals: other classes, other input
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    import shutil
+
+    shutil.copy(teacher, bad / "best.pth")
+    info = json.loads(Path(str(teacher) + ".json").read_text())
+    (bad / "best.pth.json").write_text(json.dumps({**info, "classes": list(FER2013[:6]) + ["contempt"]}))
+    with pytest.raises(EdgeferError, match="classes"):
+        train(TrainConfig(out=str(tmp_path / "x"), teacher=str(bad / "best.pth"), **{**common, "epochs": 1}))
+    (bad / "best.pth.json").write_text(json.dumps({**info, "input": {**info["input"], "size": [64, 64]}}))
+    with pytest.raises(EdgeferError, match="input"):
+        train(TrainConfig(out=str(tmp_path / "y"), teacher=str(bad / "best.pth"), **{**common, "epochs": 1}))

@@ -64,10 +64,16 @@ def _arch_names() -> list[str]:
 @click.option("--tta", type=click.Choice(["flip"]), default=None,
               help="Score validation with the mean of each face and its mirror image; the checkpoint's sidecar "
                    "records it and `edgefer export` puts the flip in the graph.")
+@click.option("--teacher", type=click.Path(), default=None,
+              help="Distil from this checkpoint (a best.pth with its sidecar; its --tta flip included): the loss "
+                   "mixes the labels with the teacher's probabilities on the same augmented batch.")
+@click.option("--distill", type=float, default=0.5, show_default=True, help="Weight of the teacher term (0-1).")
+@click.option("--distill-temp", type=float, default=2.0, show_default=True, help="Softmax temperature of the teacher term.")
 @click.option("-o", "--out", type=click.Path(), default=None, help="Output folder (default runs/<arch>).")
 @click.pass_context
 def train(ctx, arch, data, val, epochs, batch, lr, opt, weight_decay, label_smoothing, mixup, cutmix, mix_prob,
-          ema, ema_decay, warmup, balanced, soft_labels, erase, rotate, seed, threads, limit, resume, init, tta, out):
+          ema, ema_decay, warmup, balanced, soft_labels, erase, rotate, seed, threads, limit, resume, init, tta,
+          teacher, distill, distill_temp, out):
     """Train a zoo architecture; checkpoints export with `edgefer export` and no --arch."""
     from .engine import TrainConfig
     from .engine import train as run
@@ -87,10 +93,13 @@ def train(ctx, arch, data, val, epochs, batch, lr, opt, weight_decay, label_smoo
             raise EdgeferError(f"{name} must be >= 1")
     if not 0 <= label_smoothing < 1:
         raise EdgeferError("--label-smoothing must be in [0, 1)")
+    if not 0 <= distill <= 1 or distill_temp <= 0:
+        raise EdgeferError("--distill must be in [0, 1] and --distill-temp > 0")
     cfg = TrainConfig(
         arch=arch, data=data, val=val, out=out, epochs=epochs or TrainConfig.epochs, batch=batch, lr=lr, opt=opt,
         weight_decay=weight_decay, warmup=warmup, label_smoothing=label_smoothing, mixup=mixup, cutmix=cutmix,
         mix_prob=mix_prob, ema=ema, ema_decay=ema_decay, balanced=balanced, soft_labels=soft_labels, seed=seed,
         erase=erase, rotate=rotate, threads=threads, limit=limit, quiet=quiet, command=command, init=init, tta=tta,
+        teacher=teacher, distill=distill, distill_temp=distill_temp,
     )
     run(cfg)

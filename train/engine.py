@@ -83,6 +83,9 @@ class TrainConfig:
     build: dict[str, Any] = field(default_factory=dict)  # extra zoo.build kwargs
     init: str | None = None  # start from these weights (a best.pth of an earlier run), fresh schedule
     tta: str | None = None  # "flip": validate (and export) with the mean of the face and its mirror image
+    teacher: str | None = None  # distil from this checkpoint (its own tta included) on the same augmented batches
+    distill: float = 0.5  # weight of the teacher term; the labels keep 1 - distill
+    distill_temp: float = 2.0  # softmax temperature of both sides of the teacher term
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -331,6 +334,34 @@ def plot_confusion(cm: list[list[int]], classes: list[str], path: Path, title: s
     return True
 
 
+def load_teacher(cfg: "TrainConfig", spec: dict, classes: list[str]):
+    """(model in eval mode, its tta) of ``cfg.teacher``; refused when it does not see what the student sees."""
+    from . import zoo
+    from .checkpoint import read_sidecar
+
+    if not Path(cfg.teacher).is_file():
+        raise EdgeferError(f"--teacher {cfg.teacher}: no such checkpoint")
+    info = read_sidecar(cfg.teacher)
+    if not info:
+        raise EdgeferError(f"--teacher {cfg.teacher}: no sidecar ({cfg.teacher}.json); use a best.pth of edgefer train")
+    if list(info.get("classes", [])) != list(classes):
+        raise EdgeferError(f"--teacher {cfg.teacher}: classes {info.get('classes')} differ from the data's {classes}")
+    tin = info.get("input", {})
+    mine = {"size": list(spec["size"]), "color": spec["color"], "mean": list(spec["mean"]), "std": list(spec["std"])}
+    theirs = {k_: (list(v) if isinstance(v, (list, tuple)) else v) for k_, v in tin.items() if k_ in mine}
+    if theirs != mine:
+        raise EdgeferError(f"--teacher {cfg.teacher}: input {theirs} differs from {cfg.arch}'s {mine}")
+    model = zoo.build(info["arch"], **info.get("build", {}))
+    try:
+        model.load_state_dict(load_state_dict(cfg.teacher))
+    except Exception as e:  # noqa: BLE001
+        raise EdgeferError(f"--teacher {cfg.teacher}: does not fit {info['arch']} ({str(e).splitlines()[0][:160]})") from None
+    model.eval()
+    for p_ in model.parameters():
+        p_.requires_grad_(False)
+    return model, info.get("tta")
+
+
 # ----------------------------------------------------------------------------- data
 def prepare_data(cfg: TrainConfig, spec: dict) -> tuple[Dataset, Dataset]:
     train = load_dataset(cfg.data, usage="Training", soft=cfg.soft_labels)
@@ -443,6 +474,12 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> dict[str
         except Exception as e:  # noqa: BLE001 - wrong arch / class count: one line
             raise EdgeferError(f"--init {cfg.init}: does not fit {cfg.arch} ({str(e).splitlines()[0][:160]})") from None
     ema = EMA(model, cfg.ema_decay) if cfg.ema else None
+    teacher, teacher_tta = (None, None)
+    if cfg.teacher:
+        if train_ds.soft is not None:
+            raise EdgeferError("--teacher and --soft-labels are exclusive")
+        teacher, teacher_tta = load_teacher(cfg, spec, classes)
+        teacher = teacher.to(memory_format=torch.channels_last)
 
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -535,6 +572,15 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> dict[str
             logits = model(x)
             logp = F.log_softmax(logits, 1)
             loss = F.kl_div(logp, t, reduction="batchmean") if train_ds.soft is not None else -(t * logp).sum(1).mean()
+            if teacher is not None:
+                # Hinton et al. 2015: KL to the teacher's softened probabilities, scaled by T^2
+                tau = cfg.distill_temp
+                with torch.no_grad():
+                    pt = F.softmax(teacher(x) / tau, 1)
+                    if teacher_tta == "flip":
+                        pt = (pt + F.softmax(teacher(torch.flip(x, [3])) / tau, 1)) / 2
+                kd = F.kl_div(F.log_softmax(logits / tau, 1), pt, reduction="batchmean") * tau * tau
+                loss = (1 - cfg.distill) * loss + cfg.distill * kd
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
