@@ -74,15 +74,20 @@ BUNDLED = {
     "mini-xception": "mini_xception.json",
     "mini-xception-cam": "mini_xception_cam.json",  # same weights + the in-graph CAM output (edgefer.explain)
     "retinaface-mnet025": "retinaface_mnet025.json",
-    "edgenet": "edgenet.json",  # our edge-first classifier, trained here (train/runs/edgenet-fer2013-s3)
+    # our edge-first classifier, trained here: the default (train/runs/edgenet-fer2013-s4, the face and
+    # its mirror image in one batch-2 inference), its CAM twin, and the one-inference student distilled
+    # from it (train/runs/edgenet-fer2013-s5) for machines where the second pass costs too much
+    "edgenet": "edgenet.json",
+    "edgenet-cam": "edgenet_cam.json",
+    "edgenet-fast": "edgenet_fast.json",
 }
 ALIASES = {
-    "default": "mini-xception",
+    "default": "edgenet",
     "fer": "mini-xception",
     "mini_xception": "mini-xception",
     "retinaface": "retinaface-mnet025",
 }
-DEFAULT_CLASSIFIER = "mini-xception"
+DEFAULT_CLASSIFIER = "edgenet"
 DEFAULT_DETECTOR = "retinaface-mnet025"
 
 

@@ -198,8 +198,8 @@ def test_ensemble_row_and_explain_cost(tmp_path, small_test, videos_dir):
     assert r.returncode == 0, r.stderr
     ens = write_ensemble(["mini-xception", str(fp16)], "mean", tmp_path / "ens")
     js = tmp_path / "b.json"
-    r = cli("bench", "--targets", "onnx", "--precisions", "fp32", "--artifact", str(ens), "--data", str(small_test),
-            "--video", str(videos_dir / "frown_512.mp4"), "--video-frames", "30", "--explain", "--json", str(js), *FAST)
+    r = cli("bench", "--model", "mini-xception", "--targets", "onnx", "--precisions", "fp32", "--artifact", str(ens),
+            "--data", str(small_test), "--video", str(videos_dir / "frown_512.mp4"), "--video-frames", "30", "--explain", "--json", str(js), *FAST)
     assert r.returncode == 0, r.stderr
     res = json.loads(js.read_text())
     validate(res)

@@ -9,7 +9,7 @@ from edgefer.artifact import BUNDLED, load
 from edgefer.classify import EmotionClassifier
 
 
-@pytest.mark.parametrize("name, min_top1", [("mini-xception", 65.0), ("edgenet", 67.5)])
+@pytest.mark.parametrize("name, min_top1", [("mini-xception", 65.0), ("edgenet", 69.5), ("edgenet-fast", 69.0)])
 def test_bundled_classifier_accuracy(name, min_top1, publictest):
     art = load(name)  # verifies every checksum
     assert art.manifest.kind == "classifier" and art.manifest.precision == "fp32"
@@ -24,3 +24,20 @@ def test_bundled_classifier_accuracy(name, min_top1, publictest):
 def test_every_bundled_name_loads():
     for name in BUNDLED:
         assert load(name).manifest.name
+
+
+def test_default_is_edgenet_and_its_cam_twin_matches_it(publictest):
+    """The default classifier is EdgeNet with the in-graph flip; its CAM twin gives the same
+    probabilities, and a face and its mirror image get the same answer."""
+    from edgefer.artifact import DEFAULT_CLASSIFIER
+    from edgefer.classify import resize_faces
+
+    assert DEFAULT_CLASSIFIER == "edgenet" and load("default").manifest.name == "edgenet"
+    assert load("edgenet").manifest.extra["tta"] == "flip" and "tta" not in (load("edgenet-fast").manifest.extra or {})
+    clf = EmotionClassifier("edgenet", backend="onnxruntime")
+    faces = resize_faces(publictest["images"][:64], clf.spec)
+    p = clf.predict(faces)
+    probs, cams = EmotionClassifier("edgenet-cam", backend="onnxruntime").predict(faces, with_cam=True)
+    np.testing.assert_allclose(probs, p, atol=1e-5)
+    assert cams.shape == (64, 7, 3, 3)
+    np.testing.assert_allclose(clf.predict(np.ascontiguousarray(faces[:, :, ::-1])), p, atol=1e-5)

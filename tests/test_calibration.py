@@ -138,10 +138,10 @@ def test_calibrate_cli_writes_npz_that_export_reads(tmp_path, fer_csv, capsys):
     rc = main(["-q", "calibrate", str(fer_csv), "-o", str(out), "-n", "28"])
     assert rc == 0, capsys.readouterr().err
     d = np.load(out)
-    assert d["images"].shape == (28, 64, 64, 1)
+    assert d["images"].shape == (28, 48, 48, 1)  # the default classifier's input (EdgeNet, 48 px gray)
     assert [str(c) for c in d["classes"]] == list(FER2013)
     prov = json.loads(str(d["provenance"]))
-    assert prov["model"] == "mini-xception" and prov["count"] == 28
+    assert prov["model"] == "edgenet" and prov["count"] == 28
     t = open_labeled(out, require_labels=False)
     assert len(t) == 28 and t.details["collected_by"]["kind"] == "fer2013-csv"
 

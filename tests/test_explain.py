@@ -145,7 +145,7 @@ def test_explain_cli_on_a_face_image(publictest, tmp_path, capsys):
     rep = json.loads(capsys.readouterr().out)
     assert out.exists() and cv2.imread(str(out)).shape == (48, 48, 3)
     assert len(rep["faces"]) == 1 and rep["faces"][0]["class"] in EmotionClassifier().classes
-    assert np.asarray(rep["faces"][0]["map"]).shape == (4, 4)
+    assert np.asarray(rep["faces"][0]["map"]).shape == (3, 3)  # EdgeNet's last feature map (48 px / 16)
     assert main(["explain", str(tmp_path / "missing.png")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("edgefer: error:") and "\n" not in err
