@@ -23,6 +23,7 @@ if part bench; then
     --video "$SHARED/data/video/webcam_720p.mp4" --video-frames 0 --batch 1,32 --explain \
     --artifact "$ENS/mean" --artifact "$ENS/vote" \
     --json "$OUT/bench_edgenet.json" --csv "$OUT/bench_edgenet.csv" --plot "$OUT/bench_edgenet.png"
+  python benchmarks/classifier_latency.py --json "$OUT/classifier_latency.json"
   for m in mini-xception edgenet-fast; do
     f=${m//-/_}
     edgefer bench --model "$m" --data "$SHARED/data/fer2013/publictest.npz" --calib "$SHARED/data/fer2013/train.npz" \
@@ -32,6 +33,11 @@ fi
 
 if part loop; then
   python benchmarks/loop_modes.py "$SHARED"/data/video/*.mp4 --json "$OUT/loop_modes.json" --plot "$OUT/loop_modes.png"
+  python benchmarks/loop_modes.py "$SHARED"/data/video/{crowd,webcam}_720p.mp4 --json "$OUT/loop_classifiers.json" \
+    --modes "overlap=" "fast=--classifier edgenet-fast" "mini-x=--classifier mini-xception" "fast-every3=--classifier edgenet-fast --detect-every 3"
+  if command -v py-spy > /dev/null; then
+    python benchmarks/profile_loop.py "$SHARED"/data/video/*.mp4 --json "$OUT/profile_loop.json" --plot "$OUT/profile_loop.png"
+  fi
 fi
 
 if part peers; then
