@@ -352,6 +352,22 @@ def bundled_torch_factory(man: Manifest) -> Callable[[], Any] | None:
             if want and sha256_file(path).split(":", 1)[1] != want:
                 raise EdgeferError(f"{path} is not the file the artifact was converted from (sha256 differs)")
             return mod.from_keras_hdf5(path)
+        src = (man.provenance or {}).get("source") or {}
+        if src.get("kind") == "checkpoint" and src.get("ref"):
+            # an artifact exported from a checkpoint (the bundled EdgeNets: train/runs/...): found
+            # beside the working directory or the source tree, and only if it is the same file
+            import edgefer
+
+            for base in (Path.cwd(), Path(edgefer.__file__).resolve().parents[1]):
+                cand = base / src["ref"]
+                if cand.is_file():
+                    if src.get("sha256") and sha256_file(cand) != src["sha256"]:
+                        raise EdgeferError(f"{cand} is not the checkpoint {man.name} was exported from (sha256 differs)")
+                    from edgefer.train.engine import load_trained
+
+                    return load_trained(cand)[0]
+            raise EdgeferError(f"{man.name} was exported from the checkpoint {src['ref']}, which is not here (it is in "
+                               f"edgefer's source tree); export that checkpoint instead (edgefer export CKPT)")
         raise EdgeferError(
             f"no torch weights known for {man.name} ({man.arch}); export its checkpoint instead (edgefer export CKPT --arch {man.arch})"
         )

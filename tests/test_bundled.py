@@ -41,3 +41,20 @@ def test_default_is_edgenet_and_its_cam_twin_matches_it(publictest):
     np.testing.assert_allclose(probs, p, atol=1e-5)
     assert cams.shape == (64, 7, 3, 3)
     np.testing.assert_allclose(clf.predict(np.ascontiguousarray(faces[:, :, ::-1])), p, atol=1e-5)
+
+
+def test_bundled_edgenet_finds_its_checkpoint_for_torch_side_exports(publictest):
+    """Core ML / TensorRT-from-torch exports of a bundled EdgeNet rebuild the torch module from the
+    checkpoint its manifest names (sha256-checked); it computes what the bundled graph computes."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    from edgefer.classify import resize_faces
+    from edgefer.export.source import bundled_torch_factory
+
+    for name in ("edgenet", "edgenet-fast"):
+        art = load(name)
+        clf = EmotionClassifier(name, backend="onnxruntime")
+        faces = resize_faces(publictest["images"][:32], clf.spec)
+        with torch.no_grad():
+            got = bundled_torch_factory(art.manifest)()(torch.from_numpy(faces)).numpy()
+        np.testing.assert_allclose(got, clf.predict(faces), atol=1e-5)
