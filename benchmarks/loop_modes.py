@@ -60,6 +60,9 @@ def parse_mode(text: str) -> tuple[str, dict]:
         elif a == "--backend":
             kw["backend"] = args[i + 1]
             i += 1
+        elif a == "--detector":
+            kw["detector"] = args[i + 1]
+            i += 1
         elif a == "--classifier":
             kw["classifier"] = args[i + 1]
             i += 1

@@ -169,7 +169,7 @@ def export_model(
     *,
     calib: str | None = None,
     calib_size: int = 300,
-    calib_method: str = "minmax",
+    calib_method: str | None = None,
     calib_usage: str | None = "Training",
     calib_detect: bool | None = None,
     seed: int = 0,
@@ -193,7 +193,7 @@ def export_model(
         raise EdgeferError(f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
     if precision not in PRECISIONS:
         raise EdgeferError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
-    if calib_method not in CALIB_METHODS:
+    if calib_method is not None and calib_method not in CALIB_METHODS:
         raise EdgeferError(f"unknown calibration method {calib_method!r}; choose from {', '.join(CALIB_METHODS)}")
     if int8_variant not in INT8_VARIANTS:
         raise EdgeferError(f"unknown INT8 variant {int8_variant!r}; choose from {', '.join(INT8_VARIANTS)}")
@@ -252,8 +252,13 @@ def _export(src, work, target, precision, calib, calib_size, calib_method, calib
     spec = man0.input
     classifier = man0.kind == "classifier"
     coreml_int8_weights_only = target == "coreml" and precision == "int8"
+    if calib_method is None:  # detectors: min/max ranges of whole frames are set by rare outliers
+        calib_method = "percentile" if man0.kind == "detector" else "minmax"
+    if precision == "int8" and man0.kind == "detector":
+        return _export_detector_int8(src, work, target, calib, calib_size, calib_method, seed, device, int8_variant,
+                                     output, steps, used, messages, cmd)
     if precision == "int8" and not classifier:
-        raise EdgeferError(f"INT8 export of {man0.kind}s is not supported (calibration collects face crops); use --fp16")
+        raise EdgeferError(f"INT8 export of {man0.kind}s is not supported; use --fp16")
     if precision == "int8" and not calib and not coreml_int8_weights_only:
         raise EdgeferError(
             "--int8 needs calibration data: pass --calib with face data the model will see, e.g. "
@@ -486,6 +491,53 @@ def _export(src, work, target, precision, calib, calib_size, calib_method, calib
                 f"({validation['top1']:.2%} vs FP32 {validation['fp32_top1']:.2%} on {chk_desc}); artifact written anyway"
             )
     return result
+
+
+def _export_detector_int8(src, work, target, calib, calib_size, calib_method, seed, device, int8_variant, output,
+                          steps, used, messages, cmd) -> ExportResult:
+    """INT8 detector: calibrated on whole frames, checked on detections (export/detector_int8.py)."""
+    from . import graph
+    from .detector_int8 import DET_SIZE, check_detector, export_detector_int8
+
+    man0 = src.manifest
+    steps("simplify FP32 graph")
+    fp32 = graph.simplify(src.onnx_path, work / "fp32.onnx")
+    staging = work / "out"
+    staging.mkdir()
+    cpu = q.cpu_profile()
+    steps(f"convert to {target} int8")
+    files, extra, calibration, chk = export_detector_int8(
+        src, fp32, work, target, calib, calib_size, calib_method, seed, DET_SIZE, device, steps, used, messages, cpu,
+        None if int8_variant == "auto" else int8_variant, man0, staging)
+    steps("validate")
+    man = Manifest.from_dict(man0.to_dict())
+    man.target, man.precision, man.files, man.calibration = target, "int8", files, calibration
+    man.provenance = {
+        "source": {"ref": src.ref, "kind": src.origin, "sha256": src.checksum, "name": man0.name, "arch": man0.arch},
+        "command": cmd, "tools": tool_versions(used), "machine": {k: cpu[k] for k in ("machine", "cpu", "vnni")},
+        "base": {k: v for k, v in dict(man0.provenance or {}).items() if k != "tools"},
+    }
+    man.extra = {**(man0.extra or {}), **extra}
+    write_artifact(man, staging)
+    validation = None
+    if target in ("onnx", "openvino"):
+        ref = src.artifact if src.artifact is not None else src.ref
+        validation = check_detector(ref, staging, target, chk["check_frames"], DET_SIZE, device)
+        validation["on"] = f"{validation['frames']} held-out frames of {Path(calib).name} at a {DET_SIZE} px long side"
+        man.extra["validation"] = validation
+        write_artifact(man, staging)
+    out_dir = Path(output) if output else default_output(src, target, "int8", False)
+    if src.artifact is not None and out_dir.resolve() == src.artifact.root.resolve():
+        raise EdgeferError(f"the output folder {out_dir} is the source artifact's folder; choose another -o")
+    produced = sorted(set(files.values()))
+    _install(staging, out_dir, produced)
+    write_artifact(man, out_dir)
+    next_command = None
+    if target == "trt":
+        from .trt_export import device_command
+
+        next_command = device_command(out_dir)
+    return ExportResult(out_dir, man, _artifact_size(out_dir, man), validation, messages, next_command)
 
 
 def _coreml_calibrates() -> bool:

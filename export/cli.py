@@ -30,7 +30,8 @@ def _classes(ctx, param, value):
 @click.option("--calib", metavar="DATA", default=None,
               help="Calibration faces: fer2013.csv, .npz (edgefer calibrate), class folders, a video, photos or a folder of them.")
 @click.option("--calib-size", type=click.IntRange(min=1), default=300, show_default=True, help="Calibration crops (class-balanced when labeled).")
-@click.option("--calib-method", type=click.Choice(CALIB_METHODS), default="minmax", show_default=True, help="Activation range estimation.")
+@click.option("--calib-method", type=click.Choice(CALIB_METHODS), default=None,
+              help="Activation range estimation (default: minmax for classifiers, percentile for detectors).")
 @click.option("--calib-usage", type=click.Choice(["Training", "PublicTest", "PrivateTest"]), default="Training", show_default=True,
               help="FER2013 CSV rows (or Kaggle train/test folders) to calibrate on.")
 @click.option("--calib-detect", is_flag=True, default=None, help="Run the face detector on class-folder images too (full photos, not crops).")
@@ -85,8 +86,12 @@ def export(ctx, model, target, int8, fp16, calib, calib_size, calib_method, cali
     click.echo(f"wrote {res.path}  ({m.name}, {m.target}, {m.precision}, {res.size_mb:.2f} MB)")
     if m.calibration and "count" in m.calibration:
         c = m.calibration
-        click.echo(f"  calibration  {c['count']} crops from {c.get('source_name', c.get('source'))} "
-                   f"({c.get('kind')}, method {c.get('method')}, seed {c.get('seed')})")
+        if c.get("kind") == "frames":
+            click.echo(f"  calibration  {c['count']} frames from {c.get('source')} at {c['input_hw'][1]}x{c['input_hw'][0]} "
+                       f"(method {c.get('method')})")
+        else:
+            click.echo(f"  calibration  {c['count']} crops from {c.get('source_name', c.get('source'))} "
+                       f"({c.get('kind')}, method {c.get('method')}, seed {c.get('seed')})")
     i8 = (m.extra or {}).get("int8")
     if i8:
         if "variant" in i8:
@@ -96,7 +101,13 @@ def export(ctx, model, target, int8, fp16, calib, calib_size, calib_method, cali
         if i8.get("reason"):
             click.echo(f"               {i8['reason']}")
     v = res.validation
-    if v:
+    if v and "recall_vs_fp32" in v:  # a detector: detections compared with the FP32 detector's
+        iou = "-" if v.get("mean_iou") is None else f"{v['mean_iou']:.3f}"
+        click.echo(f"  check        {v['matched']} of the FP32 detector's {v['fp32_faces']} faces found again "
+                   f"(recall {v['recall_vs_fp32']:.1%}; {v['recall_confident_vs_fp32']:.1%} of the "
+                   f"{v['fp32_confident_faces']} scoring >= {v['confident_score']}; precision {v['precision_vs_fp32']:.1%}, "
+                   f"mean IoU {iou}) on {v['on']}")
+    elif v:
         line = f"  check        agreement with FP32 {v['agreement']:.2%}"
         if "top1" in v:
             line += f", top-1 {v['top1']:.2%} (FP32 {v['fp32_top1']:.2%}, drop {v['drop_points']:+.2f} points)"

@@ -31,7 +31,7 @@ import logging
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -181,6 +181,7 @@ def quantize_qdq(
     per_channel: bool = True,
     batch_size: int = 16,
     cache_dir: Path | None = None,
+    exclude: Sequence[str] = (),
 ) -> Path:
     """Write a QDQ INT8 model of ``src`` (already :func:`graph.simplify`-ed) calibrated on
     ``calib_inputs`` (model-ready array, first axis = samples)."""
@@ -201,7 +202,7 @@ def quantize_qdq(
     unnamed = [n for n in model.graph.node if not n.name]
     for i, n in enumerate(unnamed):  # nodes_to_exclude works by name
         n.name = f"{n.op_type}_{i}_edgefer"
-    keep_float = [n.name for n in model.graph.node if n.op_type in KEEP_FLOAT_OPS]
+    keep_float = [n.name for n in model.graph.node if n.op_type in KEEP_FLOAT_OPS or n.name in set(exclude)]
     quantize_static(
         model,
         str(dst),

@@ -124,3 +124,45 @@ def test_bad_frames(detector):
         detector(np.zeros((10, 10, 5), np.uint8))
     gray = np.full((120, 160), 128, np.uint8)
     assert len(detector(gray)) == 0  # gray frames are accepted
+
+
+def test_int8_detector_export_calibrates_on_frames_and_keeps_the_faces(tmp_path, videos_dir, photos_dir):
+    """--int8 for the detector: calibrated on whole frames of real videos, checked on held-out
+    frames against the FP32 detector (recall of its faces), and it runs in the loop."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("openvino")
+    import json
+
+    from edgefer.cli import main
+
+    calib = tmp_path / "clips"
+    calib.mkdir()
+    for v in ("frown_512.mp4", "webcam_720p.mp4", "stage_360p.mp4"):
+        (calib / v).symlink_to(videos_dir / v)
+    out = tmp_path / "det8"
+    assert main(["-q", "export", "retinaface-mnet025", "--target", "openvino", "--int8", "--calib", str(calib),
+                 "--calib-size", "100", "-o", str(out)]) == 0
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["kind"] == "detector" and man["precision"] == "int8" and man["calibration"]["kind"] == "frames"
+    assert man["calibration"]["method"] == "percentile"  # the detectors' default
+    assert man["calibration"]["input_hw"] == [360, 640]  # frames as the loop feeds them: long side 640
+    assert man["extra"]["int8"]["float_convs"]  # the output heads stay float
+    v = man["extra"]["validation"]
+    assert v["frames"] >= 10 and v["fp32_faces"] >= 10
+    # confidently detected faces are kept; borderline ones (FP32 score 0.6-0.8) partly drop below 0.6
+    assert v["recall_confident_vs_fp32"] >= 0.85 and v["recall_vs_fp32"] >= 0.6, v
+    assert v["precision_vs_fp32"] >= 0.9 and v["mean_iou"] > 0.8, v
+    det = FaceDetector(str(out))
+    assert det.backend.name == "openvino"
+    assert len(det(read_image(photos_dir / "two_people.jpg")).boxes) == 2
+
+
+def test_int8_detector_refusals(tmp_path, photos_dir, capsys):
+    from edgefer.cli import main
+
+    assert main(["-q", "export", "retinaface-mnet025", "--target", "onnx", "--int8", "-o", str(tmp_path / "a")]) == 2
+    assert "calibration frames" in capsys.readouterr().err
+    assert main(["-q", "export", "retinaface-mnet025", "--target", "coreml", "--int8", "--calib",
+                 str(photos_dir), "-o", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "onnx, openvino or trt" in err and len(err.strip().splitlines()) == 1
