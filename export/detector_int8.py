@@ -23,7 +23,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edgefer.artifact import Manifest, write_artifact
+from edgefer.artifact import Manifest
 from edgefer.errors import EdgeferError
 
 IOU_MATCH = 0.5
@@ -156,7 +156,10 @@ def detection_agreement(ref_det, det, frames: list[np.ndarray]) -> dict[str, Any
 def export_detector_int8(src, fp32: Path, work: Path, target: str, calib, calib_size: int, calib_method: str, seed: int,
                          det_size: int, device: str | None, steps, used: set, messages: list, cpu: dict, variant: str | None,
                          man0: Manifest, staging: Path) -> tuple[dict[str, str], dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """Quantize ``fp32`` (simplified detector graph) into ``staging``; returns (files, extra, calibration, validation)."""
+    """Quantize ``fp32`` (simplified detector graph) into ``staging``.
+
+    Returns (manifest files, manifest extra, calibration record, {"check_frames": held-out frames}).
+    """
     from . import quantize as q
 
     if target not in ("onnx", "openvino", "trt"):
@@ -181,8 +184,9 @@ def export_detector_int8(src, fp32: Path, work: Path, target: str, calib, calib_
                            batch_size=8, cache_dir=work, exclude=keep)
     files: dict[str, str] = {}
     extra: dict[str, Any] = {"int8": {**q.describe_variant(v), "cpu": cpu["cpu"], "vnni": cpu["vnni"], "float_convs": keep,
-                                      "reason": f"{cpu['cpu']}: {q.candidates(target, cpu)[0]} is the variant that runs "
-                                                f"correctly here (see export/README.md)"}}
+                                      "reason": f"forced by --int8-variant {v}" if variant else
+                                                f"{cpu['cpu']}: {v} is the variant that runs correctly here "
+                                                f"(see export/README.md)"}}
     if target == "openvino":
         from .openvino_export import save_ir
 
