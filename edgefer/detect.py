@@ -109,6 +109,15 @@ def decode(
     return Detections(boxes.astype(np.float32), scores.astype(np.float32), lm.astype(np.float32))
 
 
+def detector_input_size(h: int, w: int, det_size: int | None) -> tuple[int, int, float]:
+    """(in_h, in_w, scale) the detector sees for a frame of h x w: the long side becomes
+    ``det_size`` (None or 0: native), never upscaled. Export's INT8 calibration uses it too."""
+    if not det_size or max(h, w) <= det_size:
+        return h, w, 1.0
+    s = det_size / max(h, w)
+    return max(1, round(h * s)), max(1, round(w * s)), s
+
+
 class FaceDetector:
     """A RetinaFace-style detector artifact on a backend; call it on a BGR frame."""
 
@@ -141,10 +150,7 @@ class FaceDetector:
 
     def input_size(self, h: int, w: int) -> tuple[int, int, float]:
         """(in_h, in_w, scale) for a frame of h x w: the long side becomes ``det_size`` (never upscaled)."""
-        if not self.det_size or max(h, w) <= self.det_size:
-            return h, w, 1.0
-        s = self.det_size / max(h, w)
-        return max(1, round(h * s)), max(1, round(w * s)), s
+        return detector_input_size(h, w, self.det_size)
 
     def preprocess(self, frame: np.ndarray) -> tuple[np.ndarray, float]:
         if frame.ndim == 2:

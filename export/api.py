@@ -449,15 +449,7 @@ def _export(src, work, target, precision, calib, calib_size, calib_method, calib
     man.precision = precision
     man.files = files
     man.calibration = calibration
-    base_prov = dict(man0.provenance or {})
-    man.provenance = {
-        "source": {"ref": src.ref, "kind": src.origin, "sha256": src.checksum,
-                   "name": man0.name, "arch": man0.arch},
-        "command": cmd,
-        "tools": tool_versions(used),
-        "machine": {k: cpu[k] for k in ("machine", "cpu", "vnni")},
-        "base": {k: v for k, v in base_prov.items() if k != "tools"},
-    }
+    man.provenance = _provenance(src, cmd, used, cpu)
     extra["check_data"] = chk_desc
     man.extra = {**(man0.extra or {}), **extra}
     write_artifact(man, staging)
@@ -493,6 +485,18 @@ def _export(src, work, target, precision, calib, calib_size, calib_method, calib
     return result
 
 
+def _provenance(src: SourceModel, cmd: str, used: set[str], cpu: dict[str, Any]) -> dict[str, Any]:
+    """An exported artifact's provenance: what it came from, how, with which tools, on what."""
+    man0 = src.manifest
+    return {
+        "source": {"ref": src.ref, "kind": src.origin, "sha256": src.checksum, "name": man0.name, "arch": man0.arch},
+        "command": cmd,
+        "tools": tool_versions(used),
+        "machine": {k: cpu[k] for k in ("machine", "cpu", "vnni")},
+        "base": {k: v for k, v in dict(man0.provenance or {}).items() if k != "tools"},
+    }
+
+
 def _export_detector_int8(src, work, target, calib, calib_size, calib_method, seed, device, int8_variant, output,
                           steps, used, messages, cmd) -> ExportResult:
     """INT8 detector: calibrated on whole frames, checked on detections (export/detector_int8.py)."""
@@ -512,11 +516,7 @@ def _export_detector_int8(src, work, target, calib, calib_size, calib_method, se
     steps("validate")
     man = Manifest.from_dict(man0.to_dict())
     man.target, man.precision, man.files, man.calibration = target, "int8", files, calibration
-    man.provenance = {
-        "source": {"ref": src.ref, "kind": src.origin, "sha256": src.checksum, "name": man0.name, "arch": man0.arch},
-        "command": cmd, "tools": tool_versions(used), "machine": {k: cpu[k] for k in ("machine", "cpu", "vnni")},
-        "base": {k: v for k, v in dict(man0.provenance or {}).items() if k != "tools"},
-    }
+    man.provenance = _provenance(src, cmd, used, cpu)
     man.extra = {**(man0.extra or {}), **extra}
     write_artifact(man, staging)
     validation = None

@@ -31,8 +31,12 @@ CONFIDENT = 0.8  # FP32 face score above which a face counts as confidently dete
 DET_SIZE = 640  # the runtime's default long side (edgefer run --det-size)
 
 
-def read_frames(calib: str | Path, count: int, seed: int = 0) -> tuple[list[np.ndarray], dict[str, Any]]:
-    """Up to ``count`` BGR frames spread over a video, a photo, or a folder of them."""
+def read_frames(calib: str | Path, count: int, seed: int = 0,
+                det_size: int | None = None) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """Up to ``count`` BGR frames spread over a video, a photo, or a folder of them, each scaled
+    as read to what the detector sees at ``det_size`` (the detector would scale them the same
+    way, so nothing changes but the memory: hundreds of 1080p frames are gigabytes)."""
+    from edgefer.detect import detector_input_size
     from edgefer.calibration.datasets import IMAGE_SUFFIXES, VIDEO_SUFFIXES, media_files
     from edgefer.calibration.samples import _video_frames
 
@@ -47,16 +51,22 @@ def read_frames(calib: str | Path, count: int, seed: int = 0) -> tuple[list[np.n
     images = [f for f in files if f.suffix.lower() not in VIDEO_SUFFIXES]
     rng = np.random.default_rng(seed)
     frames: list[np.ndarray] = []
+
+    def keep(frame: np.ndarray) -> None:
+        ih, iw, _ = detector_input_size(*frame.shape[:2], det_size)
+        frames.append(frame if (ih, iw) == frame.shape[:2] else cv2.resize(frame, (iw, ih), interpolation=cv2.INTER_LINEAR))
+
     if images:
         pick = images if len(images) <= count else [images[i] for i in sorted(rng.permutation(len(images))[:count])]
         for f in pick:
             im = cv2.imread(str(f), cv2.IMREAD_COLOR)
             if im is not None:
-                frames.append(im)
+                keep(im)
     if videos:
         per = max(1, (count - len(frames) + len(videos) - 1) // len(videos))
         for v in videos:
-            frames.extend(_video_frames(v, per))
+            for frame in _video_frames(v, per):
+                keep(frame)
     if not frames:
         raise EdgeferError(f"--calib {calib}: no readable frame")
     if len(frames) > count:
@@ -65,18 +75,13 @@ def read_frames(calib: str | Path, count: int, seed: int = 0) -> tuple[list[np.n
     return frames, {"source": str(calib), "kind": "frames", "files": len(files), "frames": len(frames)}
 
 
-def model_inputs(frames: list[np.ndarray], det_size: int) -> np.ndarray:
-    """The frames as the runtime feeds them (long side ``det_size``, never upscaled), one shape.
+def model_inputs(frames: list[np.ndarray]) -> np.ndarray:
+    """Frames already at the detector's input size (:func:`read_frames`) as one batch array.
 
     Activation ranges are collected in batches, so every frame is brought to the most common
     input shape (a different aspect ratio is stretched: harmless for ranges).
     """
-    shapes = []
-    for f in frames:
-        h, w = f.shape[:2]
-        s = min(1.0, det_size / max(h, w)) if det_size else 1.0
-        shapes.append((max(1, round(h * s)), max(1, round(w * s))))
-    ih, iw = Counter(shapes).most_common(1)[0][0]
+    ih, iw = Counter(f.shape[:2] for f in frames).most_common(1)[0][0]
     return np.stack([cv2.resize(f, (iw, ih), interpolation=cv2.INTER_LINEAR) if f.shape[:2] != (ih, iw) else f
                      for f in frames])
 
@@ -108,23 +113,17 @@ def float_convs(onnx_path: Path) -> list[str]:
     return sorted(set(k for k in keep if k))
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    from edgefer.track import iou_matrix
-
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)), np.float32)
-    return iou_matrix(a, b)
-
-
 def detection_agreement(ref_det, det, frames: list[np.ndarray]) -> dict[str, Any]:
     """How the detector ``det`` agrees with ``ref_det`` (callables frame -> Detections) on ``frames``."""
+    from edgefer.track import iou_matrix
+
     n_ref = n_new = matched = n_conf = matched_conf = 0
     ious, dscore = [], []
     for f in frames:
         a, b = ref_det(f), det(f)
         n_ref += len(a.boxes)
         n_new += len(b.boxes)
-        m = _iou(a.boxes, b.boxes)
+        m = iou_matrix(a.boxes, b.boxes)
         used = set()
         n_conf += int((a.scores >= CONFIDENT).sum())
         for i in np.argsort(-a.scores) if len(a.boxes) else []:
@@ -168,7 +167,7 @@ def export_detector_int8(src, fp32: Path, work: Path, target: str, calib, calib_
         raise EdgeferError("--int8 needs calibration frames for a detector: pass --calib with videos or photos of the "
                            "scenes it will see (--calib-size N frames)")
     steps("read calibration frames")
-    frames, prov = read_frames(calib, calib_size + max(8, calib_size // 4), seed)
+    frames, prov = read_frames(calib, calib_size + max(8, calib_size // 4), seed, det_size)
     # every 5th frame is held out for the check (spread over every source), the rest calibrate
     if len(frames) >= 5:
         chk_frames = frames[4::5]
@@ -176,7 +175,7 @@ def export_detector_int8(src, fp32: Path, work: Path, target: str, calib, calib_
     else:
         cal_frames = chk_frames = frames
         messages.append(f"only {len(frames)} calibration frames: checked on the calibration frames themselves")
-    x = model_inputs(cal_frames, det_size)
+    x = model_inputs(cal_frames)
     variants = [variant] if variant else q.candidates(target, cpu)[:1]
     v = variants[0]
     keep = float_convs(fp32)
