@@ -246,10 +246,7 @@ class ClassifierWithCam(ClassifierWithPreprocess):
         super().__init__(CamModel(model, head), mean, std, color=color, softmax=softmax, layout=layout, tta=tta)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = image.to(torch.float32)
-        if self.layout == "NHWC":
-            x = x.permute(0, 3, 1, 2)
-        x = (x - self.mean) / self.std
+        x = self.normalise(image)
         if self.tta == "flip":  # the mirror image's map is mirrored back and averaged with the face's
             logits, cam = self.model(torch.cat([x, torch.flip(x, [3])], 0))
             probs = torch.softmax(logits, dim=1).reshape(2, -1, logits.shape[1]).mean(0)
@@ -329,10 +326,7 @@ def parity(onnx_path: Path, wrapper: ClassifierWithCam, faces: np.ndarray) -> di
         # the map is the mean of the face's and the (mirrored-back) mirror's maps, so its average is
         # the mean of the two logit vectors (the probs are the mean of the two softmaxes instead)
         with torch.no_grad():
-            x = torch.from_numpy(faces).to(torch.float32)
-            if wrapper.layout == "NHWC":
-                x = x.permute(0, 3, 1, 2)
-            x = (x - wrapper.mean) / wrapper.std
+            x = wrapper.normalise(torch.from_numpy(faces))
             ref = ((wrapper.model(x)[0] + wrapper.model(torch.flip(x, [3]))[0]) / 2).numpy()
     else:
         ref = o_probs

@@ -80,11 +80,15 @@ class ClassifierWithPreprocess(nn.Module):
     def output_name(self) -> str:
         return "probs" if self.softmax else "logits"
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def normalise(self, image: torch.Tensor) -> torch.Tensor:
+        """uint8 (or float) pixels in the artifact's layout -> the module's NCHW normalised input."""
         x = image.to(torch.float32)
         if self.layout == "NHWC":
             x = x.permute(0, 3, 1, 2)
-        x = (x - self.mean) / self.std
+        return (x - self.mean) / self.std
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = self.normalise(image)
         if self.tta == "flip":
             out = self.model(torch.cat([x, torch.flip(x, [3])], 0))
             probs = torch.softmax(out, dim=1).reshape(2, -1, out.shape[1]).mean(0)
