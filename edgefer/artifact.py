@@ -37,6 +37,23 @@ Manifest schema 1 (JSON object)::
     extra        {...}                    e.g. extra.cam (a class activation map output, see
                                           edgefer.explain), extra.ensemble (rule, members)
 
+The full rules (types, ranges, which fields each kind needs) are in ``manifest_schema.json``
+beside this module, a JSON Schema that documents the manifest; :meth:`Manifest.validate`
+applies that same file (through :mod:`edgefer.schemacheck`, no ``jsonschema`` needed), plus the
+rules a schema cannot say (see ``EXTRA_RULES``).
+
+Artifacts arrive from elsewhere, so loading trusts nothing the manifest says about files:
+
+* every path it names (``files``, ``checksums`` keys, ensemble members) must be relative and
+  resolve, after symlinks, to a regular file inside the manifest's folder (an ``.mlpackage``
+  model may be a folder; its entries must be regular files, no symlinks). Nothing is opened
+  before its type is known, so a FIFO or ``/dev/zero`` is refused instead of read forever;
+* every file named in ``files`` carries a sha256 digest in ``checksums`` (as do the files a
+  runtime reads beside the model: ``model.onnx.data``, the ``.bin`` of an OpenVINO ``.xml``),
+  and every digest is checked before a backend sees the file;
+* the manifest itself is a regular file of at most 4 MiB, standard JSON (no NaN/Infinity,
+  no duplicate keys), nested at most 32 deep.
+
 InputSpec::
 
     name      graph input name
@@ -54,11 +71,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass, field
-from pathlib import Path
+from functools import lru_cache
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .errors import EdgeferError
+from .schemacheck import SchemaViolation, Validator, check_plain_json
 
 SCHEMA = 1
 FORMAT = "edgefer-artifact"
@@ -68,6 +88,16 @@ PRECISIONS = ("fp32", "fp16", "int8")
 MODEL_SUFFIXES = (".onnx", ".xml", ".engine", ".plan", ".mlpackage", ".mlmodel")
 
 ASSETS = Path(__file__).resolve().parent / "assets"
+#: the JSON Schema of the manifest (package data): documentation and the runtime's rules in one file
+SCHEMA_FILE = Path(__file__).resolve().parent / "manifest_schema.json"
+#: a manifest larger than this is refused before it is parsed (the bundled ones are under 8 KiB)
+MAX_MANIFEST_BYTES = 4 << 20
+#: deepest JSON nesting a manifest may use (the bundled ones use 6)
+MAX_DEPTH = 32
+#: rules the JSON Schema cannot express, applied by Manifest.validate after the schema
+EXTRA_RULES = (
+    "detector.steps and detector.min_sizes have the same length (one entry per feature map)",
+)
 
 #: bundled artifacts, by name and alias
 BUNDLED = {
@@ -91,6 +121,16 @@ DEFAULT_CLASSIFIER = "edgenet"
 DEFAULT_DETECTOR = "retinaface-mnet025"
 
 
+def bundled_names() -> str:
+    """The bundled names as one phrase for ``--help`` texts (``export``, ``explain``, ``run``):
+    written from :data:`BUNDLED`, so a help text never lists two names of six again."""
+    names = sorted(BUNDLED, key=lambda n: (n == DEFAULT_DETECTOR, n.endswith("-cam"), n != DEFAULT_CLASSIFIER, n))
+    parts = [f"{n} (default)" if n == DEFAULT_CLASSIFIER else f"{n} (detector)" if n == DEFAULT_DETECTOR else n
+             for n in names]
+    cams = [n for n in names if n.endswith("-cam")]
+    return ", ".join(parts) + ("; the -cam twins add the heatmap output" if cams else "")
+
+
 @dataclass
 class InputSpec:
     name: str = "image"
@@ -107,22 +147,10 @@ class InputSpec:
         return 1 if self.color == "gray" else 3
 
     def validate(self) -> None:
-        if self.dtype not in ("uint8", "float32"):
-            raise ValueError(f"input.dtype must be uint8 or float32, not {self.dtype!r}")
-        if self.layout not in ("NHWC", "NCHW"):
-            raise ValueError(f"input.layout must be NHWC or NCHW, not {self.layout!r}")
-        if self.color not in ("gray", "bgr", "rgb"):
-            raise ValueError(f"input.color must be gray, bgr or rgb, not {self.color!r}")
-        if self.size is not None and (
-            len(self.size) != 2 or not all(isinstance(v, int) and v > 0 for v in self.size)
-        ):
-            raise ValueError(f"input.size must be [height, width] or null, not {self.size!r}")
-        for key in ("mean", "std"):
-            vals = getattr(self, key)
-            if len(vals) not in (1, self.channels):
-                raise ValueError(f"input.{key} needs 1 or {self.channels} values")
-        if any(s == 0 for s in self.std):
-            raise ValueError("input.std must not contain 0")
+        """Apply the schema's ``input`` rules (ValueError with one line)."""
+        d = dict(self.__dict__)
+        check_plain_json(d, MAX_DEPTH, "input")
+        _validator().check(d, manifest_schema()["$defs"]["input"], "input")
 
 
 @dataclass
@@ -171,64 +199,62 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Manifest":
+        """A validated manifest from parsed JSON; ValueError (one line) when any rule is broken."""
         if not isinstance(d, dict):
             raise ValueError("manifest is not a JSON object")
         if d.get("format") != FORMAT:
-            raise ValueError(f"not an edgefer manifest (format is {d.get('format')!r})")
+            raise ValueError(f"not an edgefer manifest (format is {_short(d.get('format'))})")
         schema = d.get("schema")
-        if schema != SCHEMA:
-            raise ValueError(f"manifest schema {schema!r} is not supported (this edgefer reads {SCHEMA})")
-        known = set(cls.__dataclass_fields__) | {"format"}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown manifest keys: {', '.join(sorted(unknown))}")
+        if schema != SCHEMA or isinstance(schema, bool):
+            raise ValueError(f"manifest schema {_short(schema)} is not supported (this edgefer reads {SCHEMA})")
+        _check_dict(d)
         kw = {k: v for k, v in d.items() if k != "format"}
-        for key in ("name", "kind"):
-            if key not in kw:
-                raise ValueError(f"manifest lacks {key!r}")
-        inp = kw.get("input", {})
-        if not isinstance(inp, dict):
-            raise ValueError("manifest 'input' must be an object")
-        try:
-            kw["input"] = InputSpec(**inp)
-        except TypeError as e:
-            raise ValueError(f"manifest 'input': {e}") from None
+        kw["input"] = InputSpec(**kw["input"])
         m = cls(**kw)
         m.validate()
         return m
 
     def validate(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, not {self.kind!r}")
-        # an ensemble of members on different targets / precisions says so: "mixed"
-        mixed = ("mixed",) if self.kind == "ensemble" else ()
-        if self.target not in TARGETS + mixed:
-            raise ValueError(f"target must be one of {TARGETS + mixed}, not {self.target!r}")
-        if self.precision not in PRECISIONS + mixed:
-            raise ValueError(f"precision must be one of {PRECISIONS + mixed}, not {self.precision!r}")
-        if self.kind == "ensemble":
-            if not self.files.get("members"):
-                raise ValueError("an ensemble manifest needs files.members")
-        elif "model" not in self.files:
-            raise ValueError("manifest lacks files.model")
-        self.input.validate()
-        if self.kind == "classifier":
-            if not self.classes or not all(isinstance(c, str) for c in self.classes):
-                raise ValueError("a classifier manifest needs a list of class names")
-            if len(set(self.classes)) != len(self.classes):
-                raise ValueError("class names must be unique")
-            if self.output not in ("probs", "logits"):
-                raise ValueError(f"classifier output must be probs or logits, not {self.output!r}")
-            if self.input.size is None:
-                raise ValueError("a classifier needs a fixed input.size")
-        if self.kind == "detector" and self.output not in ("retinaface",):
-            raise ValueError(f"unsupported detector output {self.output!r}")
+        """Apply ``manifest_schema.json`` and :data:`EXTRA_RULES` (ValueError with one line)."""
+        _check_dict(self.to_dict())
 
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
         self.validate()
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        path.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
         return path
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    s = repr(value)
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+@lru_cache(maxsize=1)
+def manifest_schema() -> dict[str, Any]:
+    """The manifest's JSON Schema (``manifest_schema.json``), parsed once."""
+    return json.loads(SCHEMA_FILE.read_text())
+
+
+@lru_cache(maxsize=1)
+def _validator() -> Validator:
+    return Validator(manifest_schema())
+
+
+def _check_dict(d: dict[str, Any]) -> None:
+    """Schema and extra rules on a manifest as a JSON-like dict; ValueError with one line."""
+    try:
+        check_plain_json(d, MAX_DEPTH)
+        _validator().check(d)
+    except SchemaViolation as e:
+        raise ValueError(str(e)) from None
+    det = d.get("detector")
+    if d.get("kind") == "detector" and isinstance(det, dict):
+        if len(det["steps"]) != len(det["min_sizes"]):
+            raise ValueError(
+                f"detector.steps has {len(det['steps'])} entries and detector.min_sizes {len(det['min_sizes'])}: "
+                "they need one each per feature map"
+            )
 
 
 def cache_dir() -> Path:
@@ -237,18 +263,78 @@ def cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "edgefer"
 
 
+def _open_regular(path: Path) -> int:
+    """A read-only descriptor of ``path``, refused unless it is a regular file.
+
+    Opened non-blocking and checked with fstat on the descriptor itself: a FIFO or a device
+    (``/dev/zero``) is never read, and a file swapped between a check and the open is caught.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise EdgeferError(f"{path} is not a regular file ({_file_kind(st.st_mode)})")
+        fd = os.open(path, flags)
+    except OSError as e:
+        raise EdgeferError(f"cannot read {path}: {e.strerror or e}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise EdgeferError(f"{path} is not a regular file")
+    return fd
+
+
+def _file_kind(mode: int) -> str:
+    for test, word in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symlink")):
+        if test(mode):
+            return word
+    return "not a regular file"
+
+
+def _hash_into(h: "hashlib._Hash", path: Path) -> None:
+    with os.fdopen(_open_regular(path), "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+
+
+def _package_files(root: Path) -> list[Path]:
+    """Every file below a package folder (an .mlpackage), refusing symlinks and special files."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in dirnames + filenames:
+            q = Path(dirpath) / name
+            mode = os.lstat(q).st_mode
+            if stat.S_ISDIR(mode):
+                continue
+            if not stat.S_ISREG(mode):
+                raise EdgeferError(f"{q} inside {root.name} is {_file_kind(mode)}; packages may hold regular files only")
+            out.append(q)
+    return sorted(out)
+
+
 def sha256_file(path: str | os.PathLike) -> str:
-    """``sha256:<hex>`` of a file, or of every file below a directory (an .mlpackage)."""
+    """``sha256:<hex>`` of a regular file, or of every file below a directory (an .mlpackage).
+
+    Refuses (EdgeferError) anything else, and never opens a FIFO or a device.
+    """
     h = hashlib.sha256()
     p = Path(path)
-    files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
-    for q in files:
-        if p.is_dir():
+    try:
+        is_dir = stat.S_ISDIR(os.stat(p).st_mode)
+    except OSError as e:
+        raise EdgeferError(f"cannot read {p}: {e.strerror or e}") from None
+    if is_dir:
+        for q in _package_files(p):
             h.update(str(q.relative_to(p)).encode())
-        with open(q, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+            _hash_into(h, q)
+    else:
+        _hash_into(h, p)
     return "sha256:" + h.hexdigest()
+
+
+def _norm(rel: str) -> str:
+    """One spelling per relative path (``./a//b`` -> ``a/b``) to match files with checksum keys."""
+    return PurePosixPath(os.path.normpath(rel.replace("\\", "/"))).as_posix()
 
 
 @dataclass
@@ -266,19 +352,65 @@ class Artifact:
     def path(self, role: str) -> Path:
         return self.root / self.manifest.files[role]
 
-    def verify(self) -> None:
-        """Check that every file exists and matches its checksum."""
+    def named_files(self) -> dict[str, str]:
+        """Every relative path in ``files`` (members expanded), normalised, -> its role."""
+        out: dict[str, str] = {}
         for role, rel in self.manifest.files.items():
-            rels = rel if isinstance(rel, list) else [rel]
-            for r in rels:
-                if not (self.root / r).exists():
-                    raise EdgeferError(f"{self.describe()}: file {r!r} ({role}) is missing")
-        for rel, digest in self.manifest.checksums.items():
-            p = self.root / rel
-            if not p.exists():
-                raise EdgeferError(f"{self.describe()}: file {rel!r} is missing")
-            got = sha256_file(p)
-            if got != digest:
+            for r in rel if isinstance(rel, list) else [rel]:
+                out[_norm(str(r))] = role
+        return out
+
+    def confine(self, rel: str, role: str, allow_dir: bool = False) -> Path:
+        """The real path of ``rel``: relative, inside the artifact folder after symlinks, and a
+        regular file (or, with ``allow_dir``, a folder). Checked with stat only: nothing is opened."""
+        what = f"{self.describe()}: file {rel!r} ({role})"
+        pure = PurePosixPath(str(rel).replace("\\", "/"))
+        if not str(rel) or pure.is_absolute() or ".." in pure.parts or (len(str(rel)) > 1 and str(rel)[1] == ":"):
+            raise EdgeferError(f"{what} is not a relative path inside the artifact folder")
+        root = self.root.resolve()
+        p = root / pure
+        if not os.path.lexists(p):
+            raise EdgeferError(f"{what} is missing")
+        try:
+            real = p.resolve(strict=True)
+        except (OSError, RuntimeError) as e:
+            raise EdgeferError(f"{what} cannot be resolved ({getattr(e, 'strerror', None) or e})") from None
+        if real != root and root not in real.parents:
+            raise EdgeferError(f"{what} resolves to {real}, outside the artifact folder {root}")
+        mode = os.stat(real).st_mode
+        if not (stat.S_ISREG(mode) or (allow_dir and stat.S_ISDIR(mode))):
+            raise EdgeferError(f"{what} is {_file_kind(mode)}, not a regular file")
+        return real
+
+    def check_paths(self) -> dict[str, Path]:
+        """Confine every path the manifest names and require a checksum for each named file;
+        returns checksum key -> real path. Cheap (stat only): runs on every load."""
+        named = self.named_files()
+        sums = {_norm(k): v for k, v in self.manifest.checksums.items()}
+        real: dict[str, Path] = {}
+        for rel, role in named.items():
+            real[rel] = self.confine(rel, role, allow_dir=role == "model" and rel.endswith(".mlpackage"))
+        for rel in sums:
+            if rel not in real:
+                real[rel] = self.confine(rel, "checksum", allow_dir=rel.endswith(".mlpackage"))
+        for rel, role in named.items():
+            if rel not in sums:
+                raise EdgeferError(f"{self.describe()}: file {rel} ({role}) has no checksum in the manifest")
+        # files a runtime reads beside the model without the manifest naming them
+        model = self.manifest.files.get("model")
+        if isinstance(model, str):
+            m = PurePosixPath(_norm(model))
+            beside = [m.with_name(m.name + ".data")] if m.suffix == ".onnx" else [m.with_suffix(".bin")] if m.suffix == ".xml" else []
+            for b in beside:
+                if os.path.lexists(self.root / b) and b.as_posix() not in sums:
+                    raise EdgeferError(f"{self.describe()}: {b} beside the model has no checksum in the manifest")
+        return {rel: real[rel] for rel in sums}
+
+    def verify(self) -> None:
+        """Check that every named file is confined to the folder, has a checksum, and matches it."""
+        sums = {_norm(k): v for k, v in self.manifest.checksums.items()}
+        for rel, real in self.check_paths().items():
+            if sha256_file(real) != sums[rel]:
                 raise EdgeferError(
                     f"{self.describe()}: {rel} does not match its manifest checksum (corrupt or replaced file)"
                 )
@@ -289,30 +421,67 @@ class Artifact:
 
 
 def write_artifact(manifest: Manifest, directory: str | os.PathLike, manifest_name: str = "manifest.json") -> Path:
-    """Fill in checksums of the manifest's files (which must already be in ``directory``) and save it."""
+    """Fill in checksums of the manifest's files (which must already be in ``directory``) and save it.
+
+    Every file in ``files`` gets a digest (ensemble member manifests too), plus the files a
+    runtime reads beside the model: ONNX external weights (``<model>.onnx.data``) and the
+    ``.bin`` of an OpenVINO ``.xml``. A named file that is not there is an error: the artifact
+    would not load.
+    """
     directory = Path(directory)
-    sums = {}
-    for rel in manifest.files.values():
+    sums: dict[str, str] = {}
+    for role, rel in manifest.files.items():
         for r in rel if isinstance(rel, list) else [rel]:
+            r = _norm(str(r))
             p = directory / r
-            if p.suffix == ".json" or not p.exists():
-                continue
+            if not p.exists():
+                raise EdgeferError(f"cannot write the manifest: {r} ({role}) is not in {directory}")
             sums[r] = sha256_file(p)
-            # external ONNX weights travel with the model
-            data = p.with_name(p.name + ".data")
-            if data.exists():
-                sums[data.name] = sha256_file(data)
+            pr = PurePosixPath(r)
+            for side in ([pr.with_name(pr.name + ".data")] if pr.suffix == ".onnx" else
+                         [pr.with_suffix(".bin")] if pr.suffix == ".xml" else []):
+                if (directory / side).is_file():
+                    sums[side.as_posix()] = sha256_file(directory / side)
     manifest.checksums = sums
     return manifest.save(directory / manifest_name)
 
 
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"key {dup!r} appears twice in one object")
+    return d
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number (manifests hold finite numbers only)")
+
+
 def _read_manifest(path: Path) -> Manifest:
     try:
-        d = json.loads(path.read_text())
+        st = os.stat(path)
+    except OSError as e:
+        raise EdgeferError(f"cannot read manifest {path}: {e.strerror or e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise EdgeferError(f"manifest {path} is {_file_kind(st.st_mode)}, not a regular file")
+    if st.st_size > MAX_MANIFEST_BYTES:
+        raise EdgeferError(f"manifest {path} is {st.st_size} bytes; a manifest is at most {MAX_MANIFEST_BYTES} bytes")
+    try:
+        with os.fdopen(_open_regular(path), "rb") as f:
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise EdgeferError(f"cannot read manifest {path}: {e}") from None
+    try:
+        d = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
     except json.JSONDecodeError as e:
         raise EdgeferError(f"manifest {path} is not valid JSON ({e.msg}, line {e.lineno})") from None
+    except RecursionError:
+        raise EdgeferError(f"manifest {path} nests too deep to read (a manifest is at most {MAX_DEPTH} levels deep)") from None
+    except ValueError as e:
+        raise EdgeferError(f"manifest {path} is not valid JSON ({e})") from None
     try:
         return Manifest.from_dict(d)
     except (ValueError, TypeError) as e:

@@ -1,7 +1,7 @@
 """Ensembles as an artifact kind: several classifiers, one combined answer.
 
 An ensemble artifact is a manifest (kind ``ensemble``) that names member artifacts by paths
-relative to itself (``files.members``) and a combination rule (``extra.ensemble.rule``). The
+relative to itself, inside its folder (``files.members``) and a combination rule (``extra.ensemble.rule``). The
 members may be any mix of targets, backends and precisions (an FP32 ONNX, an OpenVINO INT8, a
 TensorRT FP16 engine...) as long as they predict the same class set; their class *order* may
 differ (each member's columns are mapped by class name). Loading it through
@@ -22,12 +22,12 @@ Rules (``combine``):
     the mean probabilities differ by less than 1, and among tied classes the mean decides), and
     its maximum reads as agreement: 3 of 3 votes give at least 0.75, a split vote much less.
 
-Write one with :func:`write_ensemble` or ``python -m edgefer.ensemble -o DIR --rule vote A B C``.
+Write one with :func:`write_ensemble` or ``edgefer ensemble -o DIR --rule vote A B C``
+(``python -m edgefer.ensemble`` runs the same command).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
@@ -37,7 +37,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .align import resize_faces
-from .artifact import ALIASES, BUNDLED, Artifact, InputSpec, Manifest, load, write_artifact
+from .artifact import ALIASES, BUNDLED, Artifact, InputSpec, Manifest, load, sha256_file, write_artifact
 from .classes import canonical
 from .classify import EmotionClassifier
 from .errors import EdgeferError
@@ -97,6 +97,15 @@ def _common(values: Sequence[str]) -> str:
     return values[0] if len(set(values)) == 1 else "mixed"
 
 
+def member_labels(manifests: Sequence[Manifest]) -> list[str]:
+    """One distinct, readable name per member: its manifest name, plus target and precision where
+    two members share a name (an FP32 and an INT8 EdgeNet are ``edgenet-onnx-fp32`` and
+    ``edgenet-openvino-int8``, not ``edgenet`` twice), plus its position if that still collides."""
+    names = [m.name for m in manifests]
+    labels = [n if names.count(n) == 1 else f"{n}-{m.target}-{m.precision}" for n, m in zip(names, manifests)]
+    return [lab if labels.count(lab) == 1 else f"{lab}-{i + 1}" for i, lab in enumerate(labels)]
+
+
 # ----------------------------------------------------------------------------- runtime
 class _EnsembleBackend:
     """The backend face of an ensemble (what `edgefer run`'s summary and the bench read)."""
@@ -118,6 +127,7 @@ class _EnsembleBackend:
             "target": self.manifest.target,
             "precision": self.manifest.precision,
             "device": ",".join(sorted({str(m.backend.info().get("device", "cpu")) for m in self.owner.members})),
+            "threads": ",".join(sorted({str(m.backend.info().get("threads", "runtime default")) for m in self.owner.members})),
             "rule": self.owner.rule,
             "members": [m.backend.info() | {"artifact": m.backend.artifact.describe()} for m in self.owner.members],
         }
@@ -220,9 +230,9 @@ def write_ensemble(members: Sequence[Any], rule: str, directory: str | os.PathLi
                    command: str | None = None) -> Path:
     """Write an ensemble manifest naming ``members`` (artifact references) into ``directory``.
 
-    Members given by path are referenced relative to the new manifest (keep them where they
-    are, or move the whole tree together); bundled members (``mini-xception``) are copied into
-    ``directory/members/`` so the ensemble does not depend on where edgefer is installed.
+    Every member is copied into ``directory/members/`` (bundled ones under their name, others
+    as ``<i>-<name>``) with its checksummed files: a manifest names only files inside its own
+    folder, so the ensemble moves as one folder and does not depend on where edgefer is installed.
     Refuses (one-line :class:`EdgeferError`) an unknown rule, fewer than two members, a
     non-classifier member, or members with different class sets.
     """
@@ -242,23 +252,32 @@ def write_ensemble(members: Sequence[Any], rule: str, directory: str | os.PathLi
         class_mapping(first.classes, art.manifest.classes, f"{ref} ({art.describe()})")
     directory.mkdir(parents=True, exist_ok=True)
     rels, entries = [], []
-    for ref, art in arts:
-        src = art.manifest_path
-        if isinstance(ref, str) and _is_bundled(ref):
-            dest = directory / "members" / ALIASES.get(ref, ref)
-            dest.mkdir(parents=True, exist_ok=True)
-            for rel in art.manifest.files.values():
-                for r in rel if isinstance(rel, list) else [rel]:
-                    shutil.copy2(art.root / r, dest / r)
-            shutil.copy2(src, dest / "manifest.json")
-            src = dest / "manifest.json"
+    labels = member_labels([a.manifest for _, a in arts])
+    for i, (ref, art) in enumerate(arts):
+        # a manifest names only files inside its own folder (edgefer.artifact): every member is
+        # copied in, with its files and their checksums, under members/<bundled name or i-name>
+        slug = ALIASES.get(ref, ref) if isinstance(ref, str) and _is_bundled(ref) else f"{i}-{art.manifest.name}"
+        dest = directory / "members" / "".join(c if c.isalnum() or c in "-_." else "_" for c in slug)
+        dest.mkdir(parents=True, exist_ok=True)
+        for r, real in art.check_paths().items():
+            (dest / r).parent.mkdir(parents=True, exist_ok=True)
+            if real.is_dir():  # a Core ML package
+                shutil.copytree(real, dest / r, dirs_exist_ok=True)
+            else:
+                shutil.copy2(real, dest / r)
+        shutil.copy2(art.manifest_path, dest / "manifest.json")
+        src = dest / "manifest.json"
         rel = Path(os.path.relpath(src.resolve(), directory.resolve())).as_posix()
         rels.append(rel)
         mm = art.manifest
-        entries.append({"path": rel, "name": mm.name, "arch": mm.arch, "target": mm.target, "precision": mm.precision})
+        # the member's manifest digest (which covers its model files through their own checksums)
+        # and its model files' digests, so a reader of this manifest alone can tell members apart
+        entries.append({"path": rel, "name": labels[i], "model": mm.name, "arch": mm.arch, "target": mm.target,
+                        "precision": mm.precision, "sha256": sha256_file(src),
+                        "files": dict(sorted(mm.checksums.items()))})
     mans = [a.manifest for _, a in arts]
     man = Manifest(
-        name=name or f"ensemble-{rule}-" + "+".join(m.name for m in mans),
+        name=name or f"ensemble-{rule}-" + "+".join(labels),
         kind="ensemble",
         target=_common([m.target for m in mans]),
         precision=_common([m.precision for m in mans]),
@@ -276,24 +295,11 @@ def write_ensemble(members: Sequence[Any], rule: str, directory: str | os.PathLi
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m edgefer.ensemble",
-                                 description="Write an ensemble artifact from classifier artifacts.",
-                                 epilog="example: python -m edgefer.ensemble -o ens/ --rule vote mini-xception mx-int8/ edgenet-onnx/")
-    ap.add_argument("members", nargs="+", help="classifier artifacts (folders, manifests, bundled names)")
-    ap.add_argument("-o", "--output", required=True, type=Path, help="ensemble folder (gets manifest.json)")
-    ap.add_argument("--rule", choices=RULES, default="mean", help="mean of probabilities, or max-vote (default: mean)")
-    ap.add_argument("--name", default=None, help="name in the manifest")
-    args = ap.parse_args(argv)
-    try:
-        argv = sys.argv[1:] if argv is None else argv
-        path = write_ensemble(args.members, args.rule, args.output, args.name,
-                              command=" ".join(["python -m edgefer.ensemble", *argv]))
-        EnsembleClassifier(path)  # loads: members resolve from the written paths
-    except EdgeferError as e:
-        print(f"edgefer: error: {e}", file=sys.stderr)
-        return e.exit_code
-    print(f"wrote {path}")
-    return 0
+    """``python -m edgefer.ensemble ...``: the same command as ``edgefer ensemble ...`` (kept for
+    scripts written before the subcommand existed)."""
+    from .cli import main as cli_main
+
+    return cli_main(["ensemble", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
