@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from edgefer.artifact import DEFAULT_CLASSIFIER
@@ -37,13 +39,15 @@ def calibrate(ctx, source, output, model, count, seed, usage, detect, det_size):
     from edgefer.artifact import load
 
     quiet = (ctx.obj or {}).get("quiet", False)
+    src, out = Path(source).expanduser(), Path(output).expanduser()
+    if out.exists() and src.exists() and out.resolve() == src.resolve():
+        raise EdgeferError(f"output {output} is the calibration source {source}: write the samples elsewhere")
     art = load(model, kind="classifier")
     m = art.manifest
     if m.kind != "classifier":
         raise EdgeferError(f"{model} is a {m.kind}; calibration crops are for classifiers")
     detector = None
     from .samples import describe_source
-    from pathlib import Path
 
     if describe_source(Path(source)) in ("video", "image", "media-folder") or detect:
         from .samples import default_detector

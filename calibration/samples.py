@@ -26,7 +26,7 @@ from edgefer.align import crop_faces, resize_faces
 from edgefer.artifact import InputSpec, sha256_file
 from edgefer.errors import EdgeferError
 
-from .datasets import (
+from edgefer.datasets import (
     IMAGE_SUFFIXES,
     VIDEO_SUFFIXES,
     class_folder_root,
@@ -270,8 +270,18 @@ def default_detector():
     return FaceDetector()
 
 
+def _planned_frames(path: Path, n_frames: int) -> int:
+    """How many frames :func:`_video_frames` will read from ``path`` (for the progress count)."""
+    cap = cv2.VideoCapture(str(path))
+    try:
+        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if cap.isOpened() else 0
+    finally:
+        cap.release()
+    return min(n_frames, total) if total > 0 else n_frames
+
+
 def _from_media(path, kind, rspec, crop, count, seed, detector, progress, prov) -> CalibrationSet:
-    from tqdm import tqdm
+    from edgefer.progress import progress as progress_bar
 
     files = _iter_media(path, kind)
     det = detector or default_detector()
@@ -281,13 +291,16 @@ def _from_media(path, kind, rspec, crop, count, seed, detector, progress, prov) 
     crops: list[np.ndarray] = []
     origins: list[str] = []
     frames_seen = 0
-    bar = tqdm(total=len(files), desc="calibration: detecting faces", unit="file", disable=not progress, leave=False)
+    # counted in frames, not files: one long video is one file, and "0/1 file" for minutes says nothing
+    planned = sum(_planned_frames(f, per_video) if f in videos else 1 for f in files) if progress else None
+    bar = progress_bar(total=planned, desc="calibration: detecting faces", unit="frame", disable=not progress, leave=False)
     for f in files:
         frames = _video_frames(f, per_video) if f in videos else [read_image(f)]
         for fi, frame in enumerate(frames):
             if frame.ndim == 2:
                 frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
             frames_seen += 1
+            bar.update(1)
             d = det(frame)
             boxes = np.asarray(d.boxes, np.float32).reshape(-1, 4)
             if len(boxes) == 0:
@@ -300,7 +313,6 @@ def _from_media(path, kind, rspec, crop, count, seed, detector, progress, prov) 
             out = crop_faces(frame, boxes[keep], lm, rspec, crop)
             crops.extend(out.copy())
             origins.extend([f"{f.name}#{fi}"] * len(out))
-        bar.update(1)
     bar.close()
     if not crops:
         raise EdgeferError(f"no faces found in {path} ({frames_seen} frames/images searched); give face data for calibration")
@@ -324,12 +336,20 @@ def save_npz(cs: CalibrationSet, path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.suffix.lower() != ".npz":
         raise EdgeferError(f"output {path} must end in .npz")
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, Any] = {"images": cs.images}
     if cs.labels is not None:
         arrays["labels"] = cs.labels.astype(np.int64)
     if cs.classes:
         arrays["classes"] = np.asarray(cs.classes)
     arrays["provenance"] = np.asarray(json.dumps(cs.provenance))
-    np.savez_compressed(path, **arrays)
+    # written beside the target and renamed over it: a full disk or a kill leaves the old file
+    # (or none), never a truncated .npz that a later --calib would have to refuse
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial.npz")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(tmp, **arrays)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise EdgeferError(f"cannot write {path}: {e.strerror or e}") from None
     return path

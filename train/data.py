@@ -25,7 +25,6 @@ trains fastest with.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
 import os
@@ -87,18 +86,26 @@ def load_raf(root: Path, usage: str | None = None) -> Dataset:
     if usage:
         split = "train" if usage.lower() in ("train", "training") else "test"
     names, labels = [], []
-    for n, line in enumerate((root / RAF_LABELS).read_text().splitlines(), start=1):
+    lab_file = root / RAF_LABELS
+    try:
+        text = lab_file.read_bytes().decode("utf-8")
+    except OSError as e:
+        raise EdgeferError(f"cannot read {lab_file}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        line = e.object[: e.start].count(b"\n") + 1
+        raise EdgeferError(f"{lab_file}, line {line}: not UTF-8 text") from None
+    for n, line in enumerate(text.splitlines(), start=1):
         parts = line.split()
         if not parts:
             continue
-        if len(parts) != 2 or not parts[1].isdigit() or not 1 <= int(parts[1]) <= 7:
-            raise EdgeferError(f"{root / RAF_LABELS}, line {n}: expected '<name>.jpg <1..7>', got {line.strip()!r}")
+        if len(parts) != 2 or not (parts[1].isascii() and parts[1].isdigit()) or not 1 <= int(parts[1]) <= 7:
+            raise EdgeferError(f"{lab_file}, line {n}: expected '<name>.jpg <1..7>', got {line.strip()!r}")
         if split and not parts[0].startswith(split + "_"):
             continue
         names.append(parts[0])
         labels.append(int(parts[1]))
     if not names:
-        raise EdgeferError(f"{root / RAF_LABELS}: no {split or ''} images listed")
+        raise EdgeferError(f"{lab_file}: no {split or ''} images listed")
     to_fer = [FER2013.index(canonical(c)) for c in RAF_CLASSES]
     images = []
     for name in names:
@@ -116,24 +123,34 @@ def load_raf(root: Path, usage: str | None = None) -> Dataset:
 
 # ----------------------------------------------------------------------------- FERPlus
 def read_ferplus_csv(path: Path) -> tuple[np.ndarray, list[str]]:
-    """(votes int16 (rows, 10), usage per row) of a FERPlus ``fer2013new.csv``."""
+    """(votes int16 (rows, 10), usage per row) of a FERPlus ``fer2013new.csv``.
+
+    Read by the shared strict CSV reader (bad quotes, short rows and non-UTF-8 text name their
+    line); votes must be integers 0..32767 (FERPlus has 10 annotators, so anything else is a
+    different file, and int16 would wrap larger numbers silently).
+    """
+    from edgefer.datasets import iter_csv
+
+    if not path.is_file():
+        raise EdgeferError(f"FERPlus votes {path} is not a regular file")
     votes, usages = [], []
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = [h.strip() for h in next(reader, [])]
-        lower = [h.lower() for h in header]
-        if "image name" not in lower or not all(c.lower() in lower for c in FERPLUS_COLUMNS):
-            raise EdgeferError(f"{path}: not a FERPlus vote file (needs Usage, Image name, {', '.join(FERPLUS_COLUMNS)})")
-        cols = [lower.index(c.lower()) for c in FERPLUS_COLUMNS]
-        iu = lower.index("usage") if "usage" in lower else None
-        for n, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            try:
-                votes.append([int(row[c]) for c in cols])
-            except (ValueError, IndexError):
-                raise EdgeferError(f"{path}, line {n}: votes are not integers") from None
-            usages.append(row[iu].strip() if iu is not None else "")
+    rows = iter_csv(path)
+    first = next(rows, None)
+    header = [h.strip() for h in first[1]] if first else []
+    lower = [h.lower() for h in header]
+    if "image name" not in lower or not all(c.lower() in lower for c in FERPLUS_COLUMNS):
+        raise EdgeferError(f"{path}: not a FERPlus vote file (needs Usage, Image name, {', '.join(FERPLUS_COLUMNS)})")
+    cols = [lower.index(c.lower()) for c in FERPLUS_COLUMNS]
+    iu = lower.index("usage") if "usage" in lower else None
+    for n, row in rows:
+        try:
+            v = [int(row[c]) for c in cols]
+        except ValueError:
+            raise EdgeferError(f"{path}, line {n}: votes are not integers") from None
+        if min(v) < 0 or max(v) > np.iinfo(np.int16).max:
+            raise EdgeferError(f"{path}, line {n}: votes must be 0..{np.iinfo(np.int16).max}, found {min(v)}..{max(v)}")
+        votes.append(v)
+        usages.append(row[iu].strip() if iu is not None else "")
     return np.asarray(votes, np.int16).reshape(-1, len(FERPLUS_COLUMNS)), usages
 
 
@@ -168,9 +185,13 @@ def _find_ferplus(data: Path, soft: str) -> Path | None:
 def _apply_ferplus(ds: Dataset, data: Path, soft: str, table, usage: str | None) -> Dataset:
     votes = None
     source = None
-    npz_votes = table.kind == "npz" and "ferplus_votes" in np.load(data, allow_pickle=False).files
+    from edgefer.datasets import check_integers, npz_keys, read_npz
+
+    npz_votes = table.kind == "npz" and "ferplus_votes" in npz_keys(data)
     if npz_votes and soft.lower() == "ferplus":
-        votes = np.load(data, allow_pickle=False)["ferplus_votes"]
+        # -1 marks rows without votes (those FERPlus dropped); anything else must be a count
+        votes = check_integers(read_npz(data, ["ferplus_votes"])["ferplus_votes"], f"{data}: key 'ferplus_votes'",
+                               "votes", -1, np.iinfo(np.int16).max, shape=(len(ds), len(FERPLUS_COLUMNS)))
         source = f"{data.name}:ferplus_votes"
     else:
         vfile = _find_ferplus(data, soft)
@@ -182,10 +203,11 @@ def _apply_ferplus(ds: Dataset, data: Path, soft: str, table, usage: str | None)
         all_votes, usages = read_ferplus_csv(vfile)
         source = str(vfile)
         if table.kind == "npz":
-            z = np.load(data, allow_pickle=False)
-            if "csv_row" not in z.files:
+            if "csv_row" not in npz_keys(data):
                 raise EdgeferError(f"{data}: FERPlus votes from a CSV need the npz's 'csv_row' (its rows in fer2013.csv)")
-            rows = z["csv_row"].astype(np.int64)
+            # -1: a row FERPlus dropped (no votes); rows past the vote file get none either
+            rows = check_integers(read_npz(data, ["csv_row"])["csv_row"], f"{data}: key 'csv_row'", "rows",
+                                  -1, np.iinfo(np.int64).max, shape=(len(ds),))
             votes = np.full((len(rows), len(FERPLUS_COLUMNS)), -1, np.int16)
             ok = (rows >= 0) & (rows < len(all_votes))
             votes[ok] = all_votes[rows[ok]]
