@@ -75,15 +75,34 @@ def read_frames(calib: str | Path, count: int, seed: int = 0,
     return frames, {"source": str(calib), "kind": "frames", "files": len(files), "frames": len(frames)}
 
 
-def model_inputs(frames: list[np.ndarray]) -> np.ndarray:
-    """Frames already at the detector's input size (:func:`read_frames`) as one batch array.
+class FrameBatches:
+    """Frames already at the detector's input size (:func:`read_frames`) as model-ready batches,
+    built one slice at a time (``x[a:b]``, ``len(x)``, ``x.shape``).
 
     Activation ranges are collected in batches, so every frame is brought to the most common
-    input shape (a different aspect ratio is stretched: harmless for ranges).
+    input shape (a different aspect ratio is stretched: harmless for ranges). Stacking all of
+    them up front would hold a second copy of every frame; calibration only ever needs one batch.
     """
-    ih, iw = Counter(f.shape[:2] for f in frames).most_common(1)[0][0]
-    return np.stack([cv2.resize(f, (iw, ih), interpolation=cv2.INTER_LINEAR) if f.shape[:2] != (ih, iw) else f
-                     for f in frames])
+
+    def __init__(self, frames: list[np.ndarray]):
+        if not frames:
+            raise ValueError("no frames")
+        self.frames = frames
+        self.hw: tuple[int, int] = Counter(f.shape[:2] for f in frames).most_common(1)[0][0]
+        self.shape = (len(frames), *self.hw, frames[0].shape[2] if frames[0].ndim == 3 else 1)
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, s: slice) -> np.ndarray:
+        ih, iw = self.hw
+        return np.stack([cv2.resize(f, (iw, ih), interpolation=cv2.INTER_LINEAR) if f.shape[:2] != (ih, iw) else f
+                         for f in self.frames[s]])
+
+
+def model_inputs(frames: list[np.ndarray]) -> np.ndarray:
+    """All of :class:`FrameBatches` as one array (for callers that want them at once)."""
+    return FrameBatches(frames)[:]
 
 
 def float_convs(onnx_path: Path) -> list[str]:
@@ -175,7 +194,7 @@ def export_detector_int8(src, fp32: Path, work: Path, target: str, calib, calib_
     else:
         cal_frames = chk_frames = frames
         messages.append(f"only {len(frames)} calibration frames: checked on the calibration frames themselves")
-    x = model_inputs(cal_frames)
+    x = FrameBatches(cal_frames)  # batches are made as the calibration asks for them
     variants = [variant] if variant else q.candidates(target, cpu)[:1]
     v = variants[0]
     keep = float_convs(fp32)

@@ -31,9 +31,12 @@ import logging
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .ranges import Samples
 
 log = logging.getLogger(__name__)
 
@@ -102,22 +105,6 @@ def candidates(target: str, cpu: dict[str, Any]) -> list[str]:
     return ["s8s8-rr", "u8s8-rr", "s8s8"]
 
 
-class _Reader:
-    """``onnxruntime.quantization.CalibrationDataReader`` over model-ready batches."""
-
-    def __init__(self, input_name: str, batches: list[np.ndarray]):
-        self.input_name = input_name
-        self.batches = batches
-        self._it = iter(batches)
-
-    def get_next(self):
-        b = next(self._it, None)
-        return None if b is None else {self.input_name: b}
-
-    def rewind(self):
-        self._it = iter(self.batches)
-
-
 def _method(method: str):
     from onnxruntime.quantization import CalibrationMethod
 
@@ -128,7 +115,7 @@ def _method(method: str):
 def activation_ranges(
     src: str | Path,
     input_name: str,
-    calib_inputs: np.ndarray,
+    calib_inputs: "np.ndarray | Samples",
     method: str,
     symmetric: bool,
     cache: Path,
@@ -136,38 +123,25 @@ def activation_ranges(
 ) -> Path:
     """Calibrate activation ranges once and keep them as an ORT calibration cache (JSON).
 
-    Done here rather than inside ``quantize_static`` for two reasons: the ranges are shared by
+    Done here rather than inside ``quantize_static`` for three reasons: the ranges are shared by
     every variant tried (min/max ranges do not depend on the variant; the quantizer makes them
-    symmetric where asked), and ``quantize_static`` does not pass histogram sizes through, which
+    symmetric where asked); ``quantize_static`` does not pass histogram sizes through, which
     leaves its entropy calibrator with 128 bins for 128 quantized levels: nothing to clip, so
-    "entropy" silently equals min/max. Entropy here uses 2048 bins (as TensorRT's calibrator).
+    "entropy" silently equals min/max (entropy here uses 2048 bins, as TensorRT's calibrator);
+    and ONNX Runtime's histogram calibrators keep every activation of every sample in memory
+    (23 GB for 300 detector frames), where :func:`edgefer.export.ranges.compute_ranges`
+    accumulates statistics batch by batch to the same ranges.
+
+    ``calib_inputs`` is an array or any object sliced lazily into model-ready batches.
     """
-    from onnxruntime.quantization import CalibrationDataReader
-    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+    from onnxruntime.quantization.calibrate import save_tensors_data
+
+    from .ranges import compute_ranges
 
     if cache.exists():
         return cache
-    opts: dict[str, Any] = {"symmetric": bool(symmetric) if method != "minmax" else False}
-    if method == "entropy":
-        opts.update(num_bins=2048, num_quantized_bins=128)
-    elif method == "percentile":
-        opts.update(num_bins=2048, percentile=99.999)
-    if method != "minmax":
-        batch_size = 1  # histogram collectors stack per-batch outputs: batches must be equal
-    reader_cls = type("EdgeferCalibrationReader", (_Reader, CalibrationDataReader), {})
-    batches = [calib_inputs[i : i + batch_size] for i in range(0, len(calib_inputs), batch_size)]
-    import contextlib
-    import io
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="edgefer-calib-") as tmp:
-        cal = create_calibrator(Path(src), None, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-                                calibrate_method=_method(method), extra_options=opts)
-        with contextlib.redirect_stdout(io.StringIO()):  # ORT prints histogram statistics
-            cal.collect_data(reader_cls(input_name, batches))
-            data = cal.compute_data()
-        save_tensors_data(data, cache)
-        del cal
+    data = compute_ranges(src, input_name, calib_inputs, method, symmetric, batch_size=batch_size)
+    save_tensors_data(data, cache)
     return cache
 
 
@@ -175,7 +149,7 @@ def quantize_qdq(
     src: str | Path,
     dst: str | Path,
     input_name: str,
-    calib_inputs: np.ndarray,
+    calib_inputs: "np.ndarray | Samples",
     variant: str = "s8s8",
     method: str = "minmax",
     per_channel: bool = True,
@@ -184,7 +158,8 @@ def quantize_qdq(
     exclude: Sequence[str] = (),
 ) -> Path:
     """Write a QDQ INT8 model of ``src`` (already :func:`graph.simplify`-ed) calibrated on
-    ``calib_inputs`` (model-ready array, first axis = samples)."""
+    ``calib_inputs`` (model-ready samples, first axis = samples: an array, or an object that
+    builds each slice on demand so the samples need not all be in memory at once)."""
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
