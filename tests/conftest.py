@@ -9,6 +9,10 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# tests compare outputs across runs: keep `--backend auto` on its first-available rule (ONNX Runtime
+# for .onnx) unless a test asks for the measured choice (tests/test_backend_auto.py does)
+os.environ.setdefault("EDGEFER_AUTO", "first")
 SHARED = Path(os.environ.get("EDGEFER_SHARED", ROOT.parent / "shared"))
 
 

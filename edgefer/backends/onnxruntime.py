@@ -31,6 +31,13 @@ def _check_available() -> None:
     import onnxruntime  # noqa: F401
 
 
+def runtime_version() -> str:
+    """ONNX Runtime's version (part of the key under which ``auto`` caches its measurement)."""
+    import onnxruntime
+
+    return str(onnxruntime.__version__)
+
+
 def default_providers() -> list[str]:
     import onnxruntime as ort
 
@@ -46,7 +53,7 @@ class OnnxRuntimeBackend(Backend):
 
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        threads = self.threads or int(os.environ.get("EDGEFER_THREADS", "0") or 0)
+        threads = self.threads  # already checked, $EDGEFER_THREADS included (backends.check_threads)
         if threads:
             opts.intra_op_num_threads = threads
         # spinning: ORT's worker threads busy-wait after each run for the next one. Good for one
