@@ -66,8 +66,12 @@ def main(argv: list[str] | None = None) -> int:
                         sessions[n].run(None, feeds[n])
                         ts.append(time.perf_counter() - t0)
                     per_round[n].append(1e3 * float(np.median(ts)) / batch)
-                print(f"threads {threads or 'default'} batch {batch} round {r + 1}/{a.rounds}", file=sys.stderr, end="\r")
-            print(file=sys.stderr)
+                # redrawn in place on a terminal; one line per round in a log (no carriage returns)
+                tty = sys.stderr.isatty()
+                print(f"threads {threads or 'default'} batch {batch} round {r + 1}/{a.rounds}", file=sys.stderr,
+                      end="\r" if tty else "\n")
+            if sys.stderr.isatty():
+                print(file=sys.stderr)
             for n in names:
                 ratios = [m / ref for m, ref in zip(per_round[n], per_round[a.ref])]
                 rows.append({"model": n, "threads": threads, "batch": batch,

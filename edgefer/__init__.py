@@ -15,6 +15,17 @@ from .artifact import load as load_artifact  # noqa: E402
 from .errors import EdgeferError  # noqa: E402
 
 
+#: the public names, the lazy ones included: ``dir(edgefer)`` and tab completion list them
+#: although they are only imported on first use (``edgefer.Pipeline`` pulls in OpenCV and the
+#: runtimes, which ``import edgefer`` alone should not)
+_LAZY = ("Pipeline", "FrameResult", "Face", "load")
+__all__ = ["EdgeferError", "load_artifact", "__version__", *_LAZY]
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
 def __getattr__(name):  # lazy: keep `import edgefer` light
     if name in ("Pipeline", "FrameResult", "Face"):
         from . import pipeline

@@ -6,13 +6,22 @@ Rows are (target, precision) pairs: ``onnx`` runs on ONNX Runtime, ``openvino`` 
 user already built (``--artifact``, repeatable; an ensemble manifest is one more row).
 
 Per row: status and reason, artifact size, load/compile seconds, latency p50/p90/p99 per batch
-size (warm-up first, then at least ``min_runs`` runs and ``min_seconds`` of them), throughput,
+size (warm-up first, then at least ``min_runs`` runs and ``min_seconds`` of them, split over
+``repeats`` rounds), throughput,
 and with ``--data``: top-1, top-2, macro-F1, the drop against the FP32 reference (FP32 minus the
 row, in points: positive means worse), per-class recall drop and the worst class, agreement
 with the FP32 predictions and their mean KL divergence. With ``--video``: the end-to-end fps and
 p99 frame latency of the full detect -> classify loop with this row's classifier, the
 decode-only fps of the same frames and their ratio. Peak resident memory per row (Linux: the
 high-water mark is reset before each row).
+
+Timing is repeated (``repeats`` rounds, 3 by default) and the rounds are *interleaved across
+rows*: every row is timed once as it is measured, then every row again, round after round, with
+the classifiers kept loaded. On a shared machine one row's latency moved up to 60% between runs
+of the bench; timed minutes apart, two rows differ by the machine's mood as much as by their
+backends. Interleaving puts every row through the same moods, and the spread of a row's per-round
+medians (p10-p90 over the rounds, ``latency_ms.bN.spread``) says how far its number can be
+trusted; a note warns when p90/p10 exceeds ``SPREAD_WARN``.
 
 Labels are matched to the model's classes by name (:func:`edgefer.classes.canonical`), so a
 4-class EmoTorch model is scored on FER2013 data over the classes both share, and the output
@@ -39,10 +48,13 @@ from .artifact import DEFAULT_CLASSIFIER, DEFAULT_DETECTOR, load
 from .backends import available
 from .classes import canonical
 from .errors import EdgeferError
+from .extras import install_hint
 
 log = logging.getLogger(__name__)
 
-SCHEMA = 1
+SCHEMA = 1  # additive changes keep the number (fields only added, none removed or retyped)
+#: p90/p10 of a row's per-round medians above which the bench warns that its latency is noisy
+SPREAD_WARN = 1.2
 TARGETS = ("onnx", "openvino", "trt", "coreml")
 PRECISIONS = ("fp32", "fp16", "int8")
 BACKEND_OF = {"onnx": "onnxruntime", "openvino": "openvino", "trt": "tensorrt", "coreml": "coreml"}
@@ -69,9 +81,10 @@ class BenchConfig:
     batches: list[int] = field(default_factory=lambda: [1, 32])
     threads: int | None = None
     warmup: int = 10
-    min_runs: int = 50
-    min_seconds: float = 1.0
+    min_runs: int = 50  # per batch size, over all repeats
+    min_seconds: float = 1.0  # per batch size, over all repeats
     max_seconds: float = 5.0
+    repeats: int = 3  # timing rounds per batch size, interleaved across rows (spread = p10-p90 of their medians)
     workdir: str | None = None
     progress: bool = True
 
@@ -184,14 +197,19 @@ class Scoring:
 
 
 def load_scoring(path: str, usage: str | None, size: int | None, seed: int = 0) -> Scoring:
-    from edgefer.calibration.datasets import open_labeled
+    """Labeled faces for accuracy, read and validated by :mod:`edgefer.datasets` (labels are
+    indices inside the data's classes, so none is scored as another class by negative indexing)."""
+    from .datasets import open_labeled
 
+    if size is not None and size < 1:
+        raise EdgeferError(f"--data-size must be at least 1, not {size}")
     t = open_labeled(path, usage=usage)
     idx = np.arange(len(t))
     if size is not None and size < len(t):
         idx = np.sort(np.random.default_rng(seed).choice(len(t), size, replace=False))
     images = t.fetch(idx)
-    return Scoring(images, np.asarray(t.labels)[idx], list(t.classes), f"{path}" + (f" [{usage}]" if t.kind == "csv" else ""))
+    return Scoring(images, np.asarray(t.labels)[idx], list(t.classes),
+                   f"{path}" + (f" [{usage}]" if t.kind == "fer2013-csv" else ""))
 
 
 def accuracy(probs: np.ndarray, sc: dict[str, Any]) -> dict[str, Any]:
@@ -227,12 +245,25 @@ def kl_div(p_ref: np.ndarray, p: np.ndarray) -> float:
 
 
 # ----------------------------------------------------------------------------- timing
-def time_batches(run: Callable[[np.ndarray], Any], faces: np.ndarray, batches: list[int], cfg: BenchConfig) -> dict:
+def _inputs(faces: np.ndarray, batches: list[int]) -> dict[int, np.ndarray]:
+    """One contiguous input per batch size, cycling through ``faces``."""
     out = {}
     for b in batches:
         reps = int(np.ceil(b / len(faces)))
-        x = np.ascontiguousarray(np.concatenate([faces] * reps)[:b])
-        for _ in range(cfg.warmup):
+        out[b] = np.ascontiguousarray(np.concatenate([faces] * reps)[:b])
+    return out
+
+
+def time_round(run: Callable[[np.ndarray], Any], inputs: dict[int, np.ndarray], cfg: BenchConfig,
+               warmup: int) -> dict[int, list[float]]:
+    """One timing round: per batch size ``warmup`` untimed runs, then runs until this round's
+    share of ``min_runs`` and ``min_seconds`` is reached (or its share of ``max_seconds``)."""
+    r = max(1, int(cfg.repeats))
+    min_runs = max(1, int(np.ceil(cfg.min_runs / r)))
+    min_s, max_s = cfg.min_seconds / r, max(cfg.max_seconds / r, cfg.min_seconds / r)
+    out: dict[int, list[float]] = {}
+    for b, x in inputs.items():
+        for _ in range(warmup):
             run(x)
         ms: list[float] = []
         t_start = time.perf_counter()
@@ -241,13 +272,45 @@ def time_batches(run: Callable[[np.ndarray], Any], faces: np.ndarray, batches: l
             run(x)
             ms.append((time.perf_counter() - t0) * 1e3)
             spent = time.perf_counter() - t_start
-            if (len(ms) >= cfg.min_runs and spent >= cfg.min_seconds) or spent >= cfg.max_seconds:
+            if (len(ms) >= min_runs and spent >= min_s) or spent >= max_s:
                 break
-        a = np.asarray(ms)
-        out[f"b{b}"] = {"p50": round(float(np.percentile(a, 50)), 4), "p90": round(float(np.percentile(a, 90)), 4),
-                        "p99": round(float(np.percentile(a, 99)), 4), "mean": round(float(a.mean()), 4),
-                        "runs": len(ms)}
+        out[b] = ms
     return out
+
+
+def latency_summary(rounds: list[list[float]]) -> dict[str, Any]:
+    """Latency of one batch size from its timing rounds: percentiles over every run pooled, and
+    the spread of the rounds' medians (p10 and p90 over rounds, and their ratio)."""
+    a = np.concatenate([np.asarray(r, np.float64) for r in rounds])
+    meds = [float(np.median(r)) for r in rounds]
+    p10, p90 = float(np.percentile(meds, 10)), float(np.percentile(meds, 90))
+    return {
+        "p50": round(float(np.percentile(a, 50)), 4), "p90": round(float(np.percentile(a, 90)), 4),
+        "p99": round(float(np.percentile(a, 99)), 4), "mean": round(float(a.mean()), 4), "runs": int(len(a)),
+        "repeats": len(rounds), "p50_repeats": [round(m, 4) for m in meds],
+        "spread": {"p10": round(p10, 4), "p90": round(p90, 4), "ratio": round(p90 / p10, 4) if p10 > 0 else None},
+    }
+
+
+def time_batches(run: Callable[[np.ndarray], Any], faces: np.ndarray, batches: list[int], cfg: BenchConfig) -> dict:
+    """Every round of one classifier back to back (the bench itself interleaves rounds across rows)."""
+    inputs = _inputs(faces, batches)
+    rounds: dict[int, list[list[float]]] = {b: [] for b in batches}
+    for i in range(max(1, int(cfg.repeats))):
+        for b, ms in time_round(run, inputs, cfg, cfg.warmup if i == 0 else REWARM).items():
+            rounds[b].append(ms)
+    return {f"b{b}": latency_summary(v) for b, v in rounds.items()}
+
+
+#: untimed runs before each later round (caches went cold while other rows ran)
+REWARM = 3
+
+
+def spread_ratio(row: dict[str, Any]) -> float | None:
+    """The widest p90/p10 of a row's per-round medians over its batch sizes (None: one round)."""
+    ratios = [v["spread"]["ratio"] for v in (row.get("latency_ms") or {}).values()
+              if isinstance(v.get("spread"), dict) and v["spread"].get("ratio") and v.get("repeats", 1) > 1]
+    return max(ratios) if ratios else None
 
 
 # ----------------------------------------------------------------------------- rows
@@ -257,7 +320,8 @@ def _row(target: str, precision: str, status: str, reason: str = "", **kw: Any) 
         "backend": BACKEND_OF.get(target, target), "artifact": None, "size_mb": None, "load_s": None,
         "latency_ms": {}, "throughput": None, "top1": None, "top2": None, "macro_f1": None, "top1_drop": None,
         "per_class_drop": {}, "worst_class": None, "agreement": None, "kl": None,
-        "e2e_fps": None, "e2e_p99_ms": None, "decode_fps": None, "e2e_ratio": None, "explain_ms": None,
+        "e2e_fps": None, "e2e_p99_ms": None, "decode_fps": None, "e2e_ratio": None, "cpu_ms_per_frame": None,
+        "explain_ms": None,
         "explain_pct": None, "peak_mb": None,
         "executes": None, "threads": None,
     }
@@ -333,7 +397,7 @@ class Bench:
         try:
             from .export.api import export_model  # noqa: F401 - build-side: onnx, onnxruntime.quantization
         except ImportError as e:
-            return None, _row(target, precision, "export-failed", f"exporting needs {e.name or e}: pip install 'edgefer[export]'")
+            return None, _row(target, precision, "export-failed", f"exporting needs {e.name or e}: {install_hint('export')}")
         from .export.api import export_model
 
         out = self.workdir() / f"{Path(str(self.cfg.model)).stem}-{target}-{precision}"
@@ -348,7 +412,7 @@ class Bench:
             return None, _row(target, precision, "export-failed", _one_line(e))
         except ImportError as e:  # a build-side package missing on a runtime-only install
             return None, _row(target, precision, "export-failed",
-                              f"exporting needs {e.name or e}: pip install 'edgefer[export]'")
+                              f"exporting needs {e.name or e}: {install_hint('export')}")
         except Exception as e:  # noqa: BLE001 - a row, not a crash
             log.debug("export failed", exc_info=True)
             return None, _row(target, precision, "export-failed", f"{type(e).__name__}: {_one_line(e)}")
@@ -372,9 +436,9 @@ class Bench:
             self._decode = decode_only_fps(cfg.video, cfg.video_frames)
             self.say(f"decode-only: {self._decode[0]:.1f} fps over {self._decode[1]} frames of {cfg.video}")
         plan = self.plan()
-        from tqdm import tqdm
+        from .progress import progress
 
-        bar = tqdm(plan, desc="bench", unit="row", disable=not cfg.progress, leave=False)
+        bar = progress(plan, desc="bench", unit="row", disable=not cfg.progress, leave=False, every_s=0)
         for target, precision, given in bar:
             label = f"{target}/{precision}" + (f" ({Path(given).name})" if given else "")
             bar.set_postfix_str(label)
@@ -396,10 +460,64 @@ class Bench:
             row["label"] = label if given else None
             self.rows.append(row)
             if cfg.progress:
-                bar.write(self.row_line(row))
+                bar.write(self.row_line(row) + (f" (timing round 1 of {cfg.repeats})"
+                                                if cfg.repeats > 1 and row["status"] == "ok" else ""))
         bar.close()
+        self.more_rounds()
         self.compare()
         return self.result()
+
+    # -------------------------------------------------------------- repeated timing
+    @staticmethod
+    def _summarise_latency(row: dict[str, Any]) -> None:
+        row["latency_ms"] = {f"b{b}": latency_summary(v) for b, v in row["_rounds"].items()}
+        row["throughput"] = round(max(int(k[1:]) * 1e3 / v["mean"] for k, v in row["latency_ms"].items()), 1)
+
+    def more_rounds(self) -> None:
+        """Timing rounds 2..repeats, each over every row that ran (round-robin), then each row's
+        latency from all its rounds and a note where the rounds disagree. Each round loads the
+        row's classifier again (cached engines and compiled models make that cheap) rather than
+        keeping every row loaded, so a row's peak memory stays its own."""
+        cfg = self.cfg
+        live = [r for r in self.rows if r.get("_live") is not None and r["status"] == "ok"]
+        for r in self.rows:  # a row that failed after its first round keeps that round only
+            if r["status"] != "ok":
+                r.pop("_live", None)
+        if cfg.repeats > 1 and live:
+            self.say(f"timing rounds 2-{cfg.repeats} over {len(live)} row(s), interleaved ...")
+        for _ in range(1, max(1, int(cfg.repeats))):
+            for r in live:
+                if r.get("_live") is None:
+                    continue
+                path, target = r["_live"]
+                try:
+                    clf = self._open(path, target)
+                    inputs = _inputs(self._faces(clf.spec), cfg.batches)
+                    for b, ms in time_round(clf.predict, inputs, cfg, cfg.warmup).items():
+                        r["_rounds"][b].append(ms)
+                    del clf
+                except Exception as e:  # noqa: BLE001 - keep the rounds it has
+                    r["_live"] = None
+                    self.notes.append(f"{r['target']}/{r['precision']}: a later timing round failed "
+                                      f"({_one_line(e)}); latency from the rounds before it")
+        noisy = []
+        for r in self.rows:
+            r.pop("_live", None)
+            if r["status"] != "ok" or not r.get("_rounds"):
+                continue
+            self._summarise_latency(r)
+            wide = {b: v for b, v in r["latency_ms"].items()
+                    if v["repeats"] > 1 and v["spread"]["ratio"] and v["spread"]["ratio"] > SPREAD_WARN}
+            if wide:
+                name = r["target"] + (f"[{Path(r['artifact']).name}]" if r.get("label") else "") + f"/{r['precision']}"
+                noisy.append(name + ": " + ", ".join(
+                    f"{b} {v['spread']['ratio']:.2f}x ({v['spread']['p10']:.3f}-{v['spread']['p90']:.3f} ms)"
+                    for b, v in wide.items()))
+        if noisy:
+            self.notes.append(
+                f"latency moved more than {SPREAD_WARN:g}x between timing rounds (p90/p10 of the rounds' medians over "
+                f"{cfg.repeats} rounds) for " + "; ".join(noisy) + ". The machine was busy: compare these rows with "
+                "care, or rerun on an idle machine / with more --repeats")
 
     def _faces(self, spec) -> np.ndarray:
         from .align import resize_faces
@@ -410,16 +528,19 @@ class Bench:
         rng = np.random.default_rng(0)  # latency does not depend on pixel values; accuracy is not measured
         return rng.integers(0, 256, (64, *spec.size, spec.channels), dtype=np.uint8)
 
-    def measure(self, target: str, precision: str, path: str) -> dict[str, Any]:
+    def _open(self, path: str, target: str):
         from .classify import EmotionClassifier
 
+        opts: dict[str, Any] = {"threads": self.cfg.threads} if self.cfg.threads else {}
+        return EmotionClassifier(path, backend=BACKEND_OF.get(target, "auto"), **opts)
+
+    def measure(self, target: str, precision: str, path: str) -> dict[str, Any]:
         cfg = self.cfg
         row = _row(target, precision, "ok", artifact=path)
         _reset_peak()
         try:
             t0 = time.perf_counter()
-            opts: dict[str, Any] = {"threads": cfg.threads} if cfg.threads else {}
-            clf = EmotionClassifier(path, backend=BACKEND_OF.get(target, "auto"), **opts)
+            clf = self._open(path, target)
             row["load_s"] = round(time.perf_counter() - t0, 3)
             members = getattr(clf, "members", None)
             if members:  # an ensemble: what it deploys is its members
@@ -429,11 +550,15 @@ class Bench:
                 row["size_mb"] = artifact_size_mb(clf.backend.artifact)
             info = clf.backend.info() if hasattr(clf.backend, "info") else {}
             row["executes"] = info.get("executes") or info.get("precision")
-            row["threads"] = cfg.threads or info.get("threads") or int(os.environ.get("EDGEFER_THREADS", "0") or 0) or None
+            threads = info.get("threads") if isinstance(info.get("threads"), int) else None
+            row["threads"] = cfg.threads or threads or int(os.environ.get("EDGEFER_THREADS", "0") or 0) or None
             row["classes"] = list(clf.classes)
             faces = self._faces(clf.spec)
-            row["latency_ms"] = time_batches(clf.predict, faces, cfg.batches, cfg)
-            row["throughput"] = round(max(int(k[1:]) * 1e3 / v["mean"] for k, v in row["latency_ms"].items()), 1)
+            inputs = _inputs(faces, cfg.batches)
+            # round 1 now; the other rounds run after every row, interleaved (see the module doc)
+            row["_rounds"] = {b: [ms] for b, ms in time_round(clf.predict, inputs, cfg, cfg.warmup).items()}
+            row["_live"] = (path, target)
+            self._summarise_latency(row)
             if self.scoring is not None:
                 probs = clf.predict_images(self.scoring.images)
                 sc = self.scoring.for_model(clf.classes)
@@ -488,6 +613,8 @@ class Bench:
         st.finish()
         p = st.percentiles()
         row["e2e_fps"] = round(st.fps(), 2)
+        cpu = st.cpu_ms_per_frame()
+        row["cpu_ms_per_frame"] = None if cpu is None else round(cpu, 3)  # process CPU (all threads) / frames
         row["e2e_p99_ms"] = round(p.get("total", {}).get("p99", float("nan")), 2)
         row["e2e_p50_ms"] = round(p.get("total", {}).get("p50", float("nan")), 2)
         row["stage_p50_ms"] = {k: round(v["p50"], 3) for k, v in p.items()}
@@ -541,7 +668,7 @@ class Bench:
             m = base.manifest
             model.update(name=m.name, arch=m.arch, classes=m.classes, input=asdict(m.input))
         settings = {"batches": cfg.batches, "threads": cfg.threads, "warmup": cfg.warmup, "min_runs": cfg.min_runs,
-                    "min_seconds": cfg.min_seconds, "data": cfg.data, "data_usage": cfg.data_usage,
+                    "min_seconds": cfg.min_seconds, "repeats": cfg.repeats, "spread_warn": SPREAD_WARN, "data": cfg.data, "data_usage": cfg.data_usage,
                     "data_size": cfg.data_size, "calib": cfg.calib, "calib_size": cfg.calib_size,
                     "calib_method": cfg.calib_method, "video": cfg.video, "video_frames": cfg.video_frames}
         return {"schema": SCHEMA, "machine": machine_info(), "model": model, "settings": settings,
@@ -574,8 +701,8 @@ def _fmt(v: Any, nd: int = 2) -> str:
 def table(result: dict[str, Any]) -> str:
     rows = result["rows"]
     batches = [f"b{b}" for b in result["settings"]["batches"]]
-    head = ["target", "prec", "status", "MB", "load s"] + [f"{b} p50 ms" for b in batches] + [f"{batches[0]} p99", "faces/s",
-                                                                                           "top1", "drop", "agree", "worst class", "e2e fps", "ratio", "peak MB"]
+    head = ["target", "prec", "status", "MB", "load s"] + [f"{b} p50 ms" for b in batches] + [f"{batches[0]} p99", "spread", "faces/s",
+                                                                                           "top1", "drop", "agree", "worst class", "e2e fps", "ratio", "CPU ms/f", "peak MB"]
     lines = [head]
     for r in rows:
         name = r["target"] + (f"[{Path(r['artifact']).name}]" if r.get("label") else "")
@@ -586,8 +713,8 @@ def table(result: dict[str, Any]) -> str:
         lines.append([
             name, r["precision"], r["status"], _fmt(r["size_mb"], 2), _fmt(r["load_s"], 2),
             *[_fmt(lat.get(b, {}).get("p50"), 3) for b in batches], _fmt(lat.get(batches[0], {}).get("p99"), 3),
-            _fmt(r["throughput"], 0), _fmt(r["top1"], 2), _fmt(r["top1_drop"], 2), _fmt(r["agreement"], 1), worst or "-",
-            _fmt(r["e2e_fps"], 1), _fmt(r["e2e_ratio"], 3), _fmt(r["peak_mb"], 0),
+            _fmt_spread(r), _fmt(r["throughput"], 0), _fmt(r["top1"], 2), _fmt(r["top1_drop"], 2), _fmt(r["agreement"], 1), worst or "-",
+            _fmt(r["e2e_fps"], 1), _fmt(r["e2e_ratio"], 3), _fmt(r.get("cpu_ms_per_frame"), 2), _fmt(r["peak_mb"], 0),
         ])
     widths = [max(len(str(l[i])) for l in lines) for i in range(len(head))]
     out = ["  ".join(str(c).rjust(w) if i > 2 else str(c).ljust(w) for i, (c, w) in enumerate(zip(l, widths))) for l in lines]
@@ -595,14 +722,33 @@ def table(result: dict[str, Any]) -> str:
     for r in rows:
         if r["status"] != "ok":
             out.append(f"{r['target']}/{r['precision']} {r['status']}: {r['reason']}")
+    reps = result["settings"].get("repeats")
+    if reps and reps > 1 and any(r.get("latency_ms") for r in rows):
+        out.append(f"latency: {reps} timing rounds per row, interleaved across rows; spread = p90/p10 of the "
+                   f"rounds' medians, widest batch size ('!' above {SPREAD_WARN:g}x)")
     for n in result.get("notes", []):
         out.append(f"note: {n}")
     return "\n".join(out)
 
 
+def _fmt_spread(r: dict[str, Any]) -> str:
+    ratio = spread_ratio(r)
+    if ratio is None:
+        return "-"
+    return f"{ratio:.2f}x" + ("!" if ratio > SPREAD_WARN else "")
+
+
 CSV_FIXED = ["target", "precision", "status", "reason", "backend", "artifact", "size_mb", "load_s", "throughput", "top1",
              "top2", "macro_f1", "top1_drop", "worst_class", "agreement", "kl", "e2e_fps", "e2e_p99_ms", "decode_fps",
-             "e2e_ratio", "explain_ms", "explain_pct", "peak_mb", "executes", "threads"]
+             "e2e_ratio", "cpu_ms_per_frame", "explain_ms", "explain_pct", "peak_mb", "executes", "threads"]
+#: per batch size: percentiles over every run, then the rounds and the spread of their medians
+CSV_LATENCY = ("p50", "p90", "p99", "repeats", "p50_p10", "p50_p90")
+
+
+def _latency_cell(entry: dict[str, Any], q: str) -> Any:
+    if q.startswith("p50_p"):
+        return (entry.get("spread") or {}).get(q[4:])
+    return entry.get(q)
 
 
 def write_csv(result: dict[str, Any], path: str | os.PathLike) -> Path:
@@ -612,7 +758,7 @@ def write_csv(result: dict[str, Any], path: str | os.PathLike) -> Path:
         for c in r.get("per_class_drop") or {}:
             if c not in classes:
                 classes.append(c)
-    cols = CSV_FIXED + [f"latency_{b}_{q}" for b in batches for q in ("p50", "p90", "p99")] + [f"drop_{c}" for c in classes]
+    cols = CSV_FIXED + [f"latency_{b}_{q}" for b in batches for q in CSV_LATENCY] + [f"drop_{c}" for c in classes]
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     with open(p, "w", newline="") as f:
@@ -621,7 +767,7 @@ def write_csv(result: dict[str, Any], path: str | os.PathLike) -> Path:
         for r in result["rows"]:
             vals = [r.get(c) for c in CSV_FIXED]
             lat = r.get("latency_ms") or {}
-            vals += [lat.get(b, {}).get(q) for b in batches for q in ("p50", "p90", "p99")]
+            vals += [_latency_cell(lat.get(b, {}), q) for b in batches for q in CSV_LATENCY]
             vals += [(r.get("per_class_drop") or {}).get(c) for c in classes]
             w.writerow(["" if v is None else v for v in vals])
     return p
@@ -634,13 +780,46 @@ def write_json(result: dict[str, Any], path: str | os.PathLike) -> Path:
     return p
 
 
+#: the accuracy axis spans at least this many points: differences of hundredths of a point
+#: (FP32 vs FP16, one face in 3,589) must not fill the panel and look like a collapse
+MIN_ACC_SPAN = 2.0
+PRECISION_MARKERS = {"fp32": "o", "fp16": "s", "int8": "^", "mixed": "D"}
+
+
+def _row_name(r: dict[str, Any]) -> str:
+    return f"{r['target']}/{r['precision']}" + (f" {Path(r['artifact']).name}" if r.get("label") else "")
+
+
+def row_colours(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One colour per row (target/precision, or artifact), the same in every panel of the plot."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if len(rows) <= 10 else "tab20"]
+    names = list(dict.fromkeys(_row_name(r) for r in rows))
+    return {n: cmap(i % cmap.N) for i, n in enumerate(names)}
+
+
+def _padded(lo: float, hi: float, min_span: float) -> tuple[float, float]:
+    """Limits around [lo, hi] spanning at least ``min_span``, with a little room at both ends."""
+    span = max(hi - lo, min_span)
+    mid = (lo + hi) / 2
+    pad = 0.08 * span
+    return mid - span / 2 - pad, mid + span / 2 + pad
+
+
 def plot(result: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Accuracy vs latency per row (latency only without --data), and per-class drop bars."""
+    """Accuracy vs latency per row (latency only without --data), and per-class drop bars.
+
+    Each row has one colour in both panels; the marker says the precision (legend), the
+    horizontal bar the latency spread over timing rounds (p10-p90 of the rounds' medians), and
+    the accuracy axis spans at least MIN_ACC_SPAN points.
+    """
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.lines import Line2D
     except ImportError:
         raise EdgeferError("--plot needs matplotlib: pip install matplotlib") from None
     ok = [r for r in result["rows"] if r["status"] == "ok" and r.get("latency_ms")]
@@ -648,37 +827,55 @@ def plot(result: dict[str, Any], path: str | os.PathLike) -> Path:
         raise EdgeferError("--plot: no row ran, nothing to plot")
     b0 = f"b{result['settings']['batches'][0]}"
     has_acc = any(r.get("top1") is not None for r in ok)
-    has_drop = any(r.get("per_class_drop") for r in ok if r["precision"] != "fp32" or r.get("label"))
-    ncols = 2 if has_drop else 1
-    fig, axes = plt.subplots(1, ncols, figsize=(6.5 * ncols, 4.6), squeeze=False)
+    drows = [r for r in ok if r.get("per_class_drop") and (r["precision"] != "fp32" or r.get("label"))]
+    ncols = 2 if drows else 1
+    fig, axes = plt.subplots(1, ncols, figsize=(6.8 * ncols, 4.8), squeeze=False)
     ax = axes[0][0]
-    markers = {"fp32": "o", "fp16": "s", "int8": "^"}
-    colors = {"onnx": "tab:blue", "openvino": "tab:purple", "trt": "tab:green", "coreml": "tab:orange"}
+    colours = row_colours(ok)
+    ys: list[float] = []
+    handles = []
     for r in ok:
-        name = f"{r['target']}/{r['precision']}" + (f" {Path(r['artifact']).name}" if r.get("label") else "")
-        x = r["latency_ms"][b0]["p50"]
+        name = _row_name(r)
+        lat = r["latency_ms"].get(b0) or next(iter(r["latency_ms"].values()))
+        x = lat["p50"]
         y = r["top1"] if has_acc else r["throughput"]
         if y is None:
             continue
-        ax.scatter([x], [y], marker=markers.get(r["precision"], "D") if not r.get("label") else "*", s=60,
-                   color=colors.get(r["target"], "tab:red"))
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    ax.set_xlabel(f"latency p50 at batch {b0[1:]} (ms, lower is better)")
+        ys.append(y)
+        marker = "*" if r.get("label") else PRECISION_MARKERS.get(r["precision"], "D")
+        sp = lat.get("spread") or {}
+        if lat.get("repeats", 1) > 1 and sp.get("p10") is not None:
+            ax.errorbar([x], [y], xerr=[[max(0.0, x - sp["p10"])], [max(0.0, sp["p90"] - x)]], fmt="none",
+                        ecolor=colours[name], elinewidth=1.2, capsize=3, alpha=0.8)
+        ax.scatter([x], [y], marker=marker, s=70, color=colours[name], edgecolors="black", linewidths=0.5, zorder=3)
+        handles.append(Line2D([], [], linestyle="none", marker=marker, markersize=8, markerfacecolor=colours[name],
+                              markeredgecolor="black", markeredgewidth=0.5, label=name))
+    if has_acc and ys:
+        ax.set_ylim(*_padded(min(ys), max(ys), MIN_ACC_SPAN))
+    ax.set_xlabel(f"latency p50 at batch {b0[1:]} (ms, lower is better; bars: p10-p90 over timing rounds)")
     ax.set_ylabel("top-1 (%)" if has_acc else "throughput (faces/s)")
     model = result["model"].get("name") or result["model"]["ref"]
     ax.set_title(f"{model}: {'accuracy' if has_acc else 'throughput'} vs latency")
     ax.grid(alpha=0.3)
-    if has_drop:
+    # the legend names every row (its colour, used in both panels) and says what the markers mean
+    shapes = [Line2D([], [], linestyle="none", marker=m, markersize=7, color="0.35", label=p_)
+              for p_, m in PRECISION_MARKERS.items() if any(r["precision"] == p_ and not r.get("label") for r in ok)]
+    if any(r.get("label") for r in ok):
+        shapes.append(Line2D([], [], linestyle="none", marker="*", markersize=9, color="0.35", label="--artifact row"))
+    ax.legend(handles=handles + shapes, fontsize=7, loc="best", title="row / marker = precision", title_fontsize=7)
+    if drows:
         ax2 = axes[0][1]
-        drows = [r for r in ok if r.get("per_class_drop") and (r["precision"] != "fp32" or r.get("label"))]
-        classes = list(drows[0]["per_class_drop"])
+        classes = list(dict.fromkeys(c for r in drows for c in r["per_class_drop"]))
         width = 0.8 / len(drows)
         for i, r in enumerate(drows):
             vals = [r["per_class_drop"].get(c, 0.0) for c in classes]
-            ax2.bar(np.arange(len(classes)) + i * width, vals, width, label=f"{r['target']}/{r['precision']}")
+            ax2.bar(np.arange(len(classes)) + i * width, vals, width, label=_row_name(r), color=colours[_row_name(r)],
+                    edgecolor="black", linewidth=0.4)
         ax2.set_xticks(np.arange(len(classes)) + 0.4 - width / 2)
         ax2.set_xticklabels(classes, rotation=30)
         ax2.axhline(0, color="k", lw=0.8)
+        lo, hi = ax2.get_ylim()
+        ax2.set_ylim(*_padded(min(lo, 0.0), max(hi, 0.0), MIN_ACC_SPAN))
         ax2.set_ylabel("recall drop vs FP32 (points, positive = worse)")
         ax2.set_title("per-class recall drop")
         ax2.legend(fontsize=7)
@@ -703,7 +900,18 @@ def gate(result: dict[str, Any], max_drop: float) -> list[str]:
 # ----------------------------------------------------------------------------- schema
 _NUM = {"type": ["number", "null"]}
 _LAT = {"type": "object", "required": ["p50", "p90", "p99"],
-        "properties": {q: {"type": "number", "minimum": 0} for q in ("p50", "p90", "p99", "mean")}}
+        "properties": {
+            **{q: {"type": "number", "minimum": 0} for q in ("p50", "p90", "p99", "mean")},
+            "runs": {"type": "integer", "minimum": 1},
+            # timing rounds (interleaved across rows) and the spread of their medians; written by every
+            # bench since repeats were added, absent from older files of the same schema
+            "repeats": {"type": "integer", "minimum": 1},
+            "p50_repeats": {"type": "array", "items": {"type": "number", "minimum": 0}, "minItems": 1},
+            "spread": {"type": "object", "required": ["p10", "p90", "ratio"], "additionalProperties": False,
+                       "properties": {"p10": {"type": "number", "minimum": 0}, "p90": {"type": "number", "minimum": 0},
+                                      "ratio": {"type": ["number", "null"], "minimum": 1}}},
+        },
+        "dependentRequired": {"repeats": ["spread", "p50_repeats"], "spread": ["repeats"]}}
 #: JSON Schema (draft 2020-12) of the bench's JSON output, schema 1 (documented in benchmarks/README.md)
 JSON_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -716,7 +924,9 @@ JSON_SCHEMA: dict[str, Any] = {
                     "properties": {"cores": {"type": ["integer", "null"]}, "versions": {"type": "object"}}},
         "model": {"type": "object", "required": ["ref"]},
         "settings": {"type": "object", "required": ["batches"],
-                     "properties": {"batches": {"type": "array", "items": {"type": "integer", "minimum": 1}}}},
+                     "properties": {"batches": {"type": "array", "items": {"type": "integer", "minimum": 1}},
+                                    "repeats": {"type": "integer", "minimum": 1},
+                                    "spread_warn": {"type": "number", "minimum": 1}}},
         "notes": {"type": "array", "items": {"type": "string"}},
         "rows": {"type": "array", "items": {
             "type": "object",
@@ -734,7 +944,8 @@ JSON_SCHEMA: dict[str, Any] = {
                 "top2": {"type": ["number", "null"], "minimum": 0, "maximum": 100},
                 "agreement": {"type": ["number", "null"], "minimum": 0, "maximum": 100},
                 **{k: _NUM for k in ("size_mb", "load_s", "throughput", "macro_f1", "top1_drop", "kl", "e2e_fps",
-                                     "e2e_p99_ms", "decode_fps", "e2e_ratio", "peak_mb", "explain_ms", "explain_pct")},
+                                     "e2e_p99_ms", "decode_fps", "e2e_ratio", "cpu_ms_per_frame", "peak_mb", "explain_ms",
+                                     "explain_pct")},
             },
             # a row that ran has its numbers; one that did not says why
             "if": {"properties": {"status": {"const": "ok"}}},

@@ -12,8 +12,9 @@ against (``edgefer.train.gradcam``).
 The bundled mini-XCEPTION ships a CAM twin (``mini-xception-cam``: same weights, same
 probabilities, one more output) as a second file rather than a second output of the main
 graph, so normal inference keeps its single output; ``--explain`` swaps the twin in. Any other
-artifact needs its own CAM export (``python -m edgefer.export.cam MODEL -o DIR``); exports of
-that artifact to other precisions and backends keep the output.
+artifact needs its own CAM export: the command that made it with ``--cam`` added (``edgefer
+export MODEL --cam ...``, :func:`cam_export_advice` writes it out); exports of that artifact to
+other precisions and backends keep the output.
 
 What is drawn: the map of the class shown on the face's label, min-max scaled over the face
 (relative evidence: where the model looked *for that class*), upsampled bilinearly to the crop
@@ -23,6 +24,7 @@ heat lands on the pixels the classifier saw, rotation included.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import cv2
@@ -37,6 +39,9 @@ if TYPE_CHECKING:
     from .pipeline import FrameResult
 
 CAM_KEY = "cam"
+#: zoo architectures whose head has no exact in-graph CAM (flatten -> linear, or not linear after
+#: the pool), as measured by ``python -m edgefer.export.cam --list``; for them the advice is Grad-CAM
+NO_CAM_ARCHS = ("emotorch-baseline", "emotorch-enhanced-v2", "deep-emotion", "mobilenetv3-small")
 #: blend weight of the heat colour over the face (0: invisible, 1: opaque)
 ALPHA = 0.45
 # OpenCV's JET colour map as a 256-entry BGR table, built once: cv2.applyColorMap rebuilds its
@@ -76,18 +81,90 @@ def cam_classifier(ref: Any, backend: str = "auto", **backend_options: Any) -> "
     if cam_output(art.manifest) is None:
         twin = cam_twin(art)
         if twin is None:
-            raise EdgeferError(
-                f"{art.describe()} has no class activation map output; export one with "
-                f"`python -m edgefer.export.cam {art.manifest_path.parent if art.manifest_path else ref} -o DIR` "
-                "(architectures that end in global average pooling: python -m edgefer.export.cam --list) "
-                "and pass --classifier DIR"
-            )
+            raise EdgeferError(f"{art.describe()} has no class activation map output; {cam_export_advice(art, ref)}")
         art = twin
     clf = EmotionClassifier(art, backend=backend, **backend_options)
     if not clf.has_cam:
         raise EdgeferError(f"{art.describe()} declares a '{cam_output(art.manifest)}' output but the graph on "
                            f"{clf.backend.name} has none (outputs: {', '.join(clf.backend.output_names)})")
     return clf
+
+
+def cam_export_command(art: Artifact, ref: Any = None) -> str | None:
+    """The ``edgefer export ... --cam`` command that rebuilds ``art`` with a CAM output, or None.
+
+    Preferably the command recorded in the manifest (same source, target, precision and
+    calibration) with ``--cam`` added and the output beside the artifact; else one built from the
+    recorded source; else, for an FP32 ONNX artifact of a zoo architecture, the artifact itself
+    with ``--cam``; None when nothing says where the torch weights are.
+    """
+    import shlex
+
+    m = art.manifest
+    where = str(ref) if ref is not None and not isinstance(ref, Artifact) else str(art.root)
+    if Path(where).is_file():  # a manifest or model file: the advice names its folder
+        where = str(Path(where).parent)
+    out = where.rstrip("/\\") + "-cam"
+    bundled = [n for n, rel in BUNDLED.items() if art.manifest_path is not None
+               and art.manifest_path.parent.resolve() == ASSETS.resolve() and rel == art.manifest_path.name]
+    if bundled:  # a bundled model without a twin (edgenet-fast): its torch weights are known
+        return f"edgefer export {bundled[0]} --cam -o {shlex.quote(Path(out).name)}"
+    prov = m.provenance or {}
+    cmd = prov.get("command")
+    if isinstance(cmd, str) and cmd.startswith("edgefer export "):
+        try:
+            words = shlex.split(cmd)
+        except ValueError:
+            words = []
+        if len(words) >= 3 and "--cam" not in words:
+            keep: list[str] = []
+            skip = False
+            for w in words:
+                if skip:
+                    skip = False
+                    continue
+                if w in ("-o", "--output", "--json"):
+                    skip = w != "--json"
+                    continue
+                if w.startswith("--output="):
+                    continue
+                keep.append(w)
+            return " ".join(shlex.quote(w) for w in keep + ["--cam", "-o", out])
+    src = prov.get("source") if isinstance(prov.get("source"), dict) else {}
+    src_ref = src.get("ref") if isinstance(src.get("ref"), str) else None
+    if src_ref:
+        parts = ["edgefer", "export", src_ref, "--cam", "--target", m.target]
+        if m.precision == "fp16":
+            parts.append("--fp16")
+        elif m.precision == "int8":
+            calib = (m.calibration or {}).get("source")
+            parts += ["--int8", "--calib", str(calib) if calib else "DATA"]
+        return " ".join(shlex.quote(w) for w in parts + ["-o", out])
+    if m.target == "onnx" and m.precision == "fp32" and m.arch:  # its zoo module may rebuild it in torch
+        return " ".join(shlex.quote(w) for w in ["edgefer", "export", where, "--cam", "-o", out])
+    return None
+
+
+def cam_export_advice(art: Artifact, ref: Any = None) -> str:
+    """One sentence: how to get heatmaps from ``art`` (a command that works, or why there is none)."""
+    m = art.manifest
+    if m.arch in NO_CAM_ARCHS:
+        return (f"its architecture {m.arch} has no exact in-graph map (the head is not global average pooling + "
+                "linear); use Grad-CAM on its torch checkpoint: edgefer explain IMAGE --classifier CHECKPOINT.pth")
+    cmd = cam_export_command(art, ref)
+    if cmd is None:
+        return ("export it again from its checkpoint with the map added: edgefer export CHECKPOINT.pth --cam "
+                f"--target {m.target}" + {"fp16": " --fp16", "int8": " --int8 --calib DATA"}.get(m.precision, "")
+                + " -o DIR, then pass --classifier DIR")
+    out = shlex_last(cmd)
+    return f"export it with the map added: `{cmd}`, then pass --classifier {out}"
+
+
+def shlex_last(cmd: str) -> str:
+    """The last word of a shell command (the output folder of the advice)."""
+    import shlex
+
+    return shlex.split(cmd)[-1]
 
 
 # ----------------------------------------------------------------------------- maps

@@ -1,5 +1,10 @@
 """Class activation maps (CAM) as a second ONNX output: heatmaps on every backend, one inference.
 
+Users add the output with ``edgefer export MODEL --cam [--target T --int8 ...]``
+(:mod:`edgefer.export.cam_cli`: the bundled twin, or this module's CAM graph exported on to the
+target). This module's own entry point is the maintainers' tool that also measures and lays out
+the bundled twins:
+
     python -m edgefer.export.cam mini-xception -o DIR [--gradcam-check 200]
     python -m edgefer.export.cam runs/edgenet/best.pth [--arch edgenet] -o DIR
     python -m edgefer.export.cam --list          # which zoo architectures support it, and why

@@ -4,10 +4,30 @@ from __future__ import annotations
 
 import click
 
-from edgefer.artifact import TARGETS
+from edgefer.artifact import TARGETS, bundled_names
 from edgefer.errors import EdgeferError
 
 from .api import CALIB_METHODS, INT8_VARIANTS, export_model
+from .ranges import peak_rss_mb
+
+
+def needed_modules(model: str, target: str, precision: str, nncf: bool) -> list[str]:
+    """Optional packages this export will import, checked before any work starts (an INT8
+    OpenVINO export would otherwise calibrate for minutes and then fail on ``import openvino``)."""
+    from pathlib import Path
+
+    from .source import CHECKPOINT_SUFFIXES
+
+    mods = ["onnx"]
+    if Path(model).suffix.lower() in CHECKPOINT_SUFFIXES:
+        mods.append("torch")
+    if target == "openvino":
+        mods += ["openvino"] + (["nncf"] if nncf else [])
+    if target == "coreml":
+        mods += ["torch", "coremltools"]
+    if precision == "fp16" and target in ("onnx", "trt"):
+        mods.append("onnxconverter_common")
+    return list(dict.fromkeys(mods))
 
 
 def _classes(ctx, param, value):
@@ -48,39 +68,51 @@ def _classes(ctx, param, value):
 @click.option("--val-size", type=click.IntRange(min=1), default=None, help="Validate on a random subset of N faces.")
 @click.option("--int8-variant", type=click.Choice(INT8_VARIANTS), default="auto", show_default=True,
               help="QDQ variant: auto measures which runs correctly on the target and this CPU.")
+@click.option("--cam", is_flag=True,
+              help="Add the class activation map output (heatmaps for run --explain / explain); see export/cam_cli.py.")
 @click.option("-o", "--output", type=click.Path(file_okay=False), default=None,
               help="Artifact folder (default ./NAME-TARGET-PRECISION).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @click.pass_context
 def export(ctx, model, target, int8, fp16, calib, calib_size, calib_method, calib_usage, calib_detect, seed, arch, classes,
-           device, nncf, max_drop, val, val_usage, val_size, int8_variant, output, as_json):
+           device, nncf, max_drop, val, val_usage, val_size, int8_variant, cam, output, as_json):
     """Export MODEL to an artifact folder (model files + manifest.json).
 
-    \b
-    MODEL: a bundled name (mini-xception, retinaface-mnet025), an artifact (folder, manifest,
+    MODEL: a bundled name (BUNDLED_NAMES), an artifact (folder, manifest,
     or .onnx with a manifest), or a PyTorch checkpoint of a zoo architecture (--arch).
+
+    \b
     Examples:
       edgefer export mini-xception --target openvino --int8 --calib fer2013.csv
       edgefer export mini-xception --target onnx --fp16 -o out/mx-fp16
       edgefer export mini-xception --target openvino --int8 --nncf --calib train.npz --val fer2013.csv --max-drop 1
       edgefer export mini-xception --target trt --int8 --calib clip.mp4
       edgefer export my_model.pth --arch mini-xception --classes a,b,c --target coreml --fp16
+      edgefer export edgenet --target openvino --int8 --calib train.npz --cam   # + heatmaps (run --explain)
     """
     quiet = (ctx.obj or {}).get("quiet", False)
     if int8 and fp16:
         raise EdgeferError("--int8 and --fp16 exclude each other: pick one precision")
     precision = "int8" if int8 else "fp16" if fp16 else "fp32"
-    res = export_model(
+    from edgefer.extras import require
+
+    require(needed_modules(model, target, precision, nncf), "export",
+            what=f"`edgefer export --target {target}{'' if precision == 'fp32' else ' --' + precision}`")
+    run_export = export_model
+    if cam:  # the same export from the model's CAM twin or CAM graph (edgefer.export.cam_cli)
+        from .cam_cli import export_with_cam as run_export
+    res = run_export(
         model, target, precision, calib=calib, calib_size=calib_size, calib_method=calib_method,
         calib_usage=calib_usage, calib_detect=calib_detect, seed=seed, arch=arch, classes=classes, device=device,
         nncf=nncf, max_drop=max_drop, val=val, val_usage=val_usage, val_size=val_size, int8_variant=int8_variant,
         output=output, progress=not quiet,
     )
+    peak = peak_rss_mb()  # the whole export, calibration included (issue: 23 GB before streaming ranges)
     if as_json:
         import json
 
         click.echo(json.dumps({"path": str(res.path), "size_mb": round(res.size_mb, 3), "next_command": res.next_command,
-                               "manifest": res.manifest.to_dict()}, indent=2))
+                               "peak_rss_mb": peak, "manifest": res.manifest.to_dict()}, indent=2))
         return
     m = res.manifest
     click.echo(f"wrote {res.path}  ({m.name}, {m.target}, {m.precision}, {res.size_mb:.2f} MB)")
@@ -121,11 +153,16 @@ def export(ctx, model, target, int8, fp16, calib, calib_size, calib_method, cali
         val_ = cm.get("validated", {})
         click.echo(f"  coreml       {val_.get('model_type')} spec {val_.get('specification_version')}, compute {val_.get('compute')}, "
                    f"int8 weight ops {val_.get('int8_weight_ops')}; activations {cm.get('activations', cm.get('compute_precision'))}")
+    kids = f", child processes {peak['children'] / 1024:.2f} GB" if peak["children"] >= 1 else ""
+    click.echo(f"  memory       peak RSS {peak['self'] / 1024:.2f} GB{kids}")
     for msg in res.messages:
         click.echo(f"  note         {msg}")
     if res.next_command:
         click.echo("  TensorRT is not installed here; on the device, build the engine with:")
         click.echo(f"    {res.next_command}")
 
+
+# the bundled names come from edgefer.artifact.BUNDLED, the one list of them
+export.help = (export.help or "").replace("BUNDLED_NAMES", bundled_names())
 
 __all__ = ["export", "EdgeferError"]

@@ -52,7 +52,8 @@ def test_trt_export_prints_the_device_command_without_tensorrt(trt_int8):
     ok, why = available("tensorrt")
     if ok:
         pytest.skip("TensorRT is installed here: the engine is built directly")
-    assert trt_int8.next_command == f"edgefer export {trt_int8.path} --target trt"
+    # the folder as the user copies it to the device, never a path of the exporting machine
+    assert trt_int8.next_command == f"edgefer export {trt_int8.path.name} --target trt"
     assert "why_not_here" in trt_int8.manifest.extra["trt_build"]
     assert not (trt_int8.path / "model.engine").exists()  # never a fake engine
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shlex
 import sys
+from contextlib import contextmanager
+from pathlib import Path
 
 import click
 
@@ -95,6 +97,10 @@ def train(ctx, arch, data, val, epochs, batch, lr, opt, weight_decay, label_smoo
         raise EdgeferError("--label-smoothing must be in [0, 1)")
     if not 0 <= distill <= 1 or distill_temp <= 0:
         raise EdgeferError("--distill must be in [0, 1] and --distill-temp > 0")
+    _check_paths(data=data, val=val)  # --init / --teacher: the engine says "no such checkpoint"
+    n_epochs = epochs or TrainConfig.epochs
+    warmup = _warmup(warmup, n_epochs, ctx.get_parameter_source("warmup") == click.core.ParameterSource.DEFAULT,
+                     quiet)
     cfg = TrainConfig(
         arch=arch, data=data, val=val, out=out, epochs=epochs or TrainConfig.epochs, batch=batch, lr=lr, opt=opt,
         weight_decay=weight_decay, warmup=warmup, label_smoothing=label_smoothing, mixup=mixup, cutmix=cutmix,
@@ -102,4 +108,55 @@ def train(ctx, arch, data, val, epochs, batch, lr, opt, weight_decay, label_smoo
         erase=erase, rotate=rotate, threads=threads, limit=limit, quiet=quiet, command=command, init=init, tta=tta,
         teacher=teacher, distill=distill, distill_temp=distill_temp,
     )
-    run(cfg)
+    with _no_leftovers(Path(out or f"runs/{arch}")):
+        run(cfg)
+
+
+def _check_paths(**paths: str | None) -> None:
+    """A missing input is one line before anything is written (the run folder and its log.txt
+    used to be created first, then the data found missing)."""
+    for flag, value in paths.items():
+        if value and not Path(value).exists():
+            raise EdgeferError(f"--{flag} {value}: not found (no such file or folder)")
+
+
+def _warmup(warmup: float, epochs: int, is_default: bool, quiet: bool) -> float:
+    """The warm-up to use, said out loud when it is not what the user might expect.
+
+    The learning rate climbs linearly for ``warmup`` epochs, then decays. With the default of 3
+    epochs a 1-2 epoch run (a smoke test, a fine-tune) never reached its peak rate, silently. The
+    default is therefore capped at a third of the run, with a note; an explicit ``--warmup`` as
+    long as the run is kept, with a warning.
+    """
+    if warmup < 0:
+        raise EdgeferError("--warmup must be >= 0 epochs")
+    if is_default and warmup > epochs / 3:
+        short = round(epochs / 3, 3)
+        if not quiet:  # with the run's other progress lines on stdout; stderr stays for errors
+            click.echo(f"note: the default --warmup of {warmup:g} epochs is more than a third of this "
+                       f"{epochs}-epoch run; warming up for {short:g} epochs so the learning rate reaches its peak "
+                       "(pass --warmup to choose)")
+        return short
+    if warmup >= epochs:
+        click.echo(f"edgefer train: warning: --warmup {warmup:g} epochs is not shorter than --epochs {epochs}: the "
+                   "learning rate never reaches its peak (--lr) in this run", err=True)
+    return warmup
+
+
+@contextmanager
+def _no_leftovers(out: Path):
+    """Remove what a run that failed before its first checkpoint left in a folder it created
+    (log.txt, command.txt): a typo in --data must not leave runs/ARCH behind."""
+    existed = out.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed and out.is_dir() and not any((out / f).exists() for f in ("best.pth", "last.pt")):
+            for f in out.iterdir():
+                if f.is_file() and f.name in ("log.txt", "command.txt"):
+                    f.unlink()
+            try:
+                out.rmdir()  # only if nothing else is there
+            except OSError:
+                pass
+        raise

@@ -412,6 +412,8 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> dict[str
     import torch.nn.functional as F
     from tqdm import tqdm
 
+    from edgefer.progress import progress
+
     from . import zoo
 
     state = None
@@ -559,7 +561,8 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> dict[str
             order = perm
         bs = min(cfg.batch, n)
         tot_loss, tot_correct, seen = 0.0, 0, 0
-        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=cfg.quiet, unit="batch")
+        # a bar on a terminal, a plain line every few seconds in a log (no carriage returns)
+        bar = progress(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=cfg.quiet, unit="batch")
         for b in bar:
             idx = order[b * bs : (b + 1) * bs]
             x = augment(x_train[idx].float(), cfg)
@@ -590,8 +593,8 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> dict[str
             tot_loss += loss.item() * len(idx)
             tot_correct += int((logits.argmax(1) == t.argmax(1)).sum())
             seen += len(idx)
-            if b % 20 == 0:
-                bar.set_postfix(loss=f"{tot_loss / seen:.3f}", lr=f"{opt.param_groups[0]['lr']:.4f}")
+            if b % 20 == 0 or b == steps - 1:  # the last batch too: the bar's final loss and lr are the epoch's
+                bar.set_postfix(loss=f"{tot_loss / seen:.3f}", lr=f"{opt.param_groups[0]['lr']:.2e}")
         bar.close()
         eval_model = ema.model if ema is not None else model
         vm = evaluate(eval_model, x_val, val_ds.labels, val_ds.soft, mean, std, cfg.eval_batch, cfg.tta)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 
 import click
 
@@ -50,7 +49,11 @@ def _batches(value: str) -> list[int]:
 @click.option("--explain", is_flag=True, help="With --video: run the loop with CAM heatmaps and report their cost per frame.")
 @click.option("--batch", "batch", default="1,32", show_default=True, help="Batch sizes timed.")
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="Threads per runtime (0: runtime default).")
-@click.option("--min-seconds", type=click.FloatRange(min=0), default=1.0, show_default=True, help="Timing per batch size.")
+@click.option("--min-seconds", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Timing per batch size, over all repeats.")
+@click.option("--repeats", type=click.IntRange(min=1, max=100), default=3, show_default=True,
+              help="Timing rounds per row, interleaved across rows; the table's spread is p90/p10 of their medians "
+                   "and a note warns above 1.2x (a busy machine).")
 @click.option("--workdir", type=click.Path(), default=None, help="Keep exported artifacts here (default: temporary).")
 @click.option("--json", "json_path", type=click.Path(), default=None, help="Write results as JSON (schema 1).")
 @click.option("--csv", "csv_path", type=click.Path(), default=None, help="Write results as CSV.")
@@ -59,7 +62,7 @@ def _batches(value: str) -> list[int]:
               help="Exit 1 when an FP16 or INT8 row loses more than P top-1 points against FP32.")
 @click.pass_context
 def bench(ctx, model, arch, detector, targets, precisions, artifacts, data, data_usage, data_size, calib, calib_size,
-          calib_method, video, video_frames, explain, batch, threads, min_seconds, workdir, json_path, csv_path, plot_path, max_drop):
+          calib_method, video, video_frames, explain, batch, threads, min_seconds, repeats, workdir, json_path, csv_path, plot_path, max_drop):
     """Measure latency, FPS and the accuracy lost to FP16/INT8 on every installed runtime.
 
     \b
@@ -86,7 +89,8 @@ def bench(ctx, model, arch, detector, targets, precisions, artifacts, data, data
         precisions=_csv_list(precisions, B.PRECISIONS, "--precisions"), artifacts=list(artifacts), data=data,
         data_usage=data_usage, data_size=data_size, calib=calib, calib_size=calib_size, calib_method=calib_method,
         arch=arch, video=video, video_frames=video_frames or None, explain=explain, batches=_batches(batch), threads=threads or None,
-        min_seconds=min_seconds, workdir=workdir, progress=not quiet and sys.stderr.isatty(),
+        min_seconds=min_seconds, repeats=repeats, workdir=workdir,
+        progress=not quiet,  # a bar on a terminal, plain lines in a log (edgefer.progress)
     )
 
     def say(msg: str) -> None:

@@ -6,7 +6,7 @@ Two methods, one picture:
   out of the same inference as the probabilities (:mod:`edgefer.explain`);
 * ``gradcam`` (torch checkpoints of the zoo, or the bundled mini-XCEPTION rebuilt in torch):
   Grad-CAM at the last feature map, the reference the in-graph CAM is checked against. Needs
-  torch (``pip install 'edgefer[train]'``).
+  torch (``pip install 'edgefer[train]'``, from a clone ``pip install '.[train]'``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import click
 import cv2
 import numpy as np
 
-from ..artifact import DEFAULT_CLASSIFIER, DEFAULT_DETECTOR
+from ..artifact import DEFAULT_CLASSIFIER, DEFAULT_DETECTOR, bundled_names
 from ..errors import EdgeferError
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".pkl", ".tar")
@@ -49,8 +49,11 @@ class _Explainer:
         if method == "auto":
             method = "gradcam" if is_ckpt else "cam"
         if method == "cam" and is_ckpt:
-            raise EdgeferError(f"{classifier} is a torch checkpoint: use --method gradcam, or export it with "
-                               f"`python -m edgefer.export.cam {classifier} -o DIR` for the in-graph CAM")
+            import shlex
+
+            out = shlex.quote(f"{p.stem}-cam")
+            raise EdgeferError(f"{classifier} is a torch checkpoint: use --method gradcam, or export it with the map added "
+                               f"(`edgefer export {shlex.quote(classifier)} --cam -o {out}`) and pass --classifier {out}")
         self.method = method
         if method == "cam":
             from ..explain import cam_classifier
@@ -62,7 +65,9 @@ class _Explainer:
             try:
                 from edgefer.export.cam import torch_classifier
             except ImportError as e:
-                raise EdgeferError(f"Grad-CAM needs torch ({e.name or e}): pip install 'edgefer[train]'") from None
+                from ..extras import install_hint
+
+                raise EdgeferError(f"Grad-CAM needs torch ({e.name or e}): {install_hint('train')}") from None
             self.wrapper, self.spec, self.crop, self.classes, self.arch = torch_classifier(classifier, arch)
             self.what = f"Grad-CAM of {self.arch or classifier} (torch)"
 
@@ -83,7 +88,7 @@ class _Explainer:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("image")
 @click.option("--classifier", default=DEFAULT_CLASSIFIER, show_default=True,
-              help="Artifact (in-graph CAM) or torch checkpoint .pth (Grad-CAM).")
+              help=f"Artifact (in-graph CAM; bundled: {bundled_names()}) or torch checkpoint .pth (Grad-CAM).")
 @click.option("--method", type=click.Choice(["auto", "cam", "gradcam"]), default="auto", show_default=True,
               help="auto: gradcam for checkpoints, cam for artifacts.")
 @click.option("--arch", default=None, help="Zoo architecture of a checkpoint (default: its sidecar or its keys).")
@@ -99,7 +104,7 @@ def explain(image, classifier, method, arch, target, detector, whole, backend, o
 
     \b
     Examples:
-      edgefer explain photo.jpg                                   # bundled mini-XCEPTION, in-graph CAM
+      edgefer explain photo.jpg                                   # default classifier, in-graph CAM
       edgefer explain photo.jpg --classifier runs/edgenet/best.pth  # Grad-CAM (torch)
       edgefer explain face48.png --whole --class happy -o heat.png
     """
