@@ -721,6 +721,12 @@ def open_source(source: str | int | None, camera: int | None = None, demo: bool 
         cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
         return CameraSource(cap, f"#{index}", live=True, queue_size=2)
     s = str(source)
+    from .gstreamer import is_pipeline, open_gstreamer
+
+    if is_pipeline(s) and not Path(s).exists():  # a GStreamer pipeline (Jetson CSI camera, RTSP with hardware decode)
+        cap = open_gstreamer(s)
+        _refuse_large_frames(cap, "GStreamer pipeline", cap_px)
+        return StreamSource(cap, "gstreamer", live=True, queue_size=2)
     if URL_RE.match(s):
         cap = cv2.VideoCapture(s)
         if not cap.isOpened():

@@ -15,9 +15,20 @@ Works on TensorRT 10.x (JetPack 6) and 11.x:
 * Device buffers through cuda-python (``cuda.bindings.runtime`` or the older ``cuda.cudart``),
   or pycuda when that is what is installed.
 
-Options: ``device`` (GPU index, default 0), ``max_batch`` (32), ``opt_batch`` (8),
-``workspace_mb`` (1024), ``cache_dir`` (default ``$EDGEFER_CACHE/trt`` or ``~/.cache/edgefer/trt``),
-``rebuild`` (ignore cached engines).
+Options: ``device`` (``0``/``gpu:N``/``cuda:N`` a GPU index, default 0; ``dla0``/``dla1`` a DLA core of
+a Jetson, see below; default ``$EDGEFER_TRT_DEVICE``), ``max_batch`` (32), ``opt_batch`` (8),
+``workspace_mb`` (builder workspace pool, 1024; ``$EDGEFER_TRT_WORKSPACE_MB``), ``timing_cache``
+(a file path, or ``off``; default one file per GPU and TensorRT version in the cache directory,
+shared by every build on this device; ``$EDGEFER_TRT_TIMING_CACHE``), ``cache_dir`` (default
+``$EDGEFER_CACHE/trt`` or ``~/.cache/edgefer/trt``), ``rebuild`` (ignore cached engines).
+
+DLA (Jetson AGX Orin / Xavier and Orin NX: two cores, ``dla0`` and ``dla1``; Orin Nano has none):
+the engine is built with ``default_device_type = DLA``, ``DLA_core = N`` and the ``GPU_FALLBACK``
+flag, so layers the DLA cannot run stay on the GPU (each hand-over between DLA and GPU costs a
+copy: fewer, larger DLA segments are faster). Limits, from NVIDIA's DLA documentation: FP16 and
+INT8 only (an FP32 artifact is refused: export ``--precision fp16`` or ``--int8``), TensorRT 10.x
+only (11.x dropped DLA for JetPack), and the DLA core is part of the engine cache key, since an
+engine is built for one core. ``info()`` reports how many layers TensorRT placed on the DLA.
 """
 
 from __future__ import annotations
@@ -40,6 +51,78 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH = 32
 DEFAULT_OPT_BATCH = 8
+DEFAULT_WORKSPACE_MB = 1024
+#: DLA cores a Jetson can have (AGX Orin, AGX Xavier, Orin NX 16 GB: 2; Xavier NX, Orin NX 8 GB: 1 or 2)
+DLA_MAX_CORES = 2
+#: largest builder workspace accepted (MiB): 64 GiB, more than any Jetson or desktop GPU has
+MAX_WORKSPACE_MB = 64 * 1024
+
+
+# ----------------------------------------------------------------------------- options
+def parse_device(dev: Any) -> tuple[int, int | None]:
+    """``(gpu index, dla core or None)`` from ``--device``; a one-line EdgeferError for anything else.
+
+    Accepted: nothing / ``gpu`` / ``cuda`` (GPU 0), ``N`` / ``gpu:N`` / ``cuda:N``, ``dla`` (core 0),
+    ``dlaN`` / ``dla:N`` with N below :data:`DLA_MAX_CORES`. Checked before TensorRT is touched,
+    so a typo fails at once, not after minutes of engine building.
+    """
+    if dev is None:
+        dev = os.environ.get("EDGEFER_TRT_DEVICE", "")
+    text = str(dev).strip().lower()
+    if text in ("", "gpu", "cuda"):
+        return 0, None
+    import re
+
+    m = re.fullmatch(r"(?:(?:gpu|cuda):)?([0-9]{1,2})", text)
+    if m:
+        return int(m.group(1)), None
+    m = re.fullmatch(r"dla:?([0-9]{0,2})", text)
+    if m:
+        core = int(m.group(1) or 0)
+        if core >= DLA_MAX_CORES:
+            raise EdgeferError(
+                f"TensorRT device {dev!r}: a Jetson has at most {DLA_MAX_CORES} DLA cores (dla0, dla1)"
+            )
+        return 0, core
+    raise EdgeferError(
+        f"TensorRT device must be a GPU index (0, gpu:1) or a DLA core (dla0, dla1), not {dev!r}"
+    )
+
+
+def check_workspace(value: Any) -> int:
+    """Builder workspace in MiB (option, ``$EDGEFER_TRT_WORKSPACE_MB`` or 1024), checked to be 1..64 GiB."""
+    if value is None:
+        value = os.environ.get("EDGEFER_TRT_WORKSPACE_MB", "").strip() or DEFAULT_WORKSPACE_MB
+    try:
+        mb = int(value)
+    except (TypeError, ValueError):
+        raise EdgeferError(f"TensorRT workspace must be a whole number of MiB, not {value!r}") from None
+    if isinstance(value, bool) or not 1 <= mb <= MAX_WORKSPACE_MB:
+        raise EdgeferError(f"TensorRT workspace must be between 1 and {MAX_WORKSPACE_MB} MiB, not {value!r}")
+    return mb
+
+
+def timing_cache_path(option: Any, root: Path, here: dict[str, Any]) -> Path | None:
+    """Where the builder's timing cache lives (None: ``off``).
+
+    A timing cache holds measured tactic timings per layer configuration for one GPU and one
+    TensorRT version; it is what makes the second engine build on a Jetson take seconds instead
+    of minutes, and it is safe to share between models, so the default is one file per
+    GPU + compute capability + TensorRT version (``ignore_mismatch=False`` makes TensorRT refuse
+    a cache from another device rather than trust it).
+    """
+    if option is None:
+        option = os.environ.get("EDGEFER_TRT_TIMING_CACHE", "").strip() or None
+    if option is not None and str(option).strip().lower() in ("off", "none", "0", "false", "no"):
+        return None
+    if option:
+        path = Path(str(option)).expanduser()
+        if path.is_dir():
+            raise EdgeferError(f"TensorRT timing cache must be a file, {path} is a folder")
+        return path
+    tag = "-".join(str(here.get(k, "")) for k in ("gpu", "compute_capability", "tensorrt"))
+    safe = "".join(c if c.isalnum() or c in ".-_" else "_" for c in tag)
+    return root / f"timing-{safe}.cache"
 
 
 # ----------------------------------------------------------------------------- CUDA access
@@ -180,6 +263,21 @@ def incompatibility(built: dict[str, Any], here: dict[str, Any]) -> str | None:
     return "; ".join(why) or None
 
 
+def check_dla(dla_core: int | None, precision: str, major: int) -> None:
+    """Refuse, in one line, a DLA build that cannot work (FP32, or a TensorRT without DLA)."""
+    if dla_core is None:
+        return
+    if precision == "fp32":
+        raise EdgeferError(
+            f"dla{dla_core} runs FP16 and INT8 engines only; this artifact is FP32: export it with "
+            "--precision fp16 or --int8 (or run it on the GPU: --device 0)"
+        )
+    if major >= 11:
+        raise EdgeferError(
+            f"TensorRT {major}.x has no DLA support on Jetson (JetPack 6 ships TensorRT 10.x, which has): use --device 0"
+        )
+
+
 # ----------------------------------------------------------------------------- building
 class _Logger:
     """A TensorRT logger that forwards to logging (created lazily: needs tensorrt)."""
@@ -213,20 +311,23 @@ def build_engine(
     precision: str,
     max_batch: int = DEFAULT_MAX_BATCH,
     opt_batch: int = DEFAULT_OPT_BATCH,
-    workspace_mb: int = 1024,
+    workspace_mb: int = DEFAULT_WORKSPACE_MB,
     timing_cache: Path | None = None,
     onnx_fp32: Path | None = None,
+    dla_core: int | None = None,
 ) -> tuple[bytes, dict[str, Any]]:
     """Serialized engine of ``onnx_path`` for ``precision`` on this GPU, and how it was built.
 
     ``onnx_path`` is the graph in its precision (FP32, float16 or QDQ int8); ``onnx_fp32`` the
-    FP32 graph an FP16 build uses on TensorRT 10.x (with the FP16 flag).
+    FP32 graph an FP16 build uses on TensorRT 10.x (with the FP16 flag). ``dla_core``: build for
+    that DLA core with GPU fallback (FP16/INT8 only, TensorRT 10.x).
     """
     import tensorrt as trt
 
     from ..trt_readiness import check, errors
 
     major = trt_major()
+    check_dla(dla_core, precision, major)
     graph = onnx_path
     strongly_typed = major >= 11
     flags_set: list[str] = []
@@ -251,10 +352,24 @@ def build_engine(
         raise EdgeferError(f"TensorRT cannot parse {graph.name}: {'; '.join(msgs[:3]) or 'unknown error'}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
+    if dla_core is not None:
+        have = int(getattr(builder, "num_DLA_cores", 0))
+        if dla_core >= have:
+            raise EdgeferError(
+                f"dla{dla_core} asked, but this device has {have} DLA core(s)"
+                + (" (Orin Nano and desktop GPUs have none): use --device 0" if have == 0 else f": use dla0..dla{have - 1}")
+            )
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = int(dla_core)
+        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)  # layers the DLA cannot run stay on the GPU
+        if not strongly_typed:
+            config.set_flag(trt.BuilderFlag.FP16)  # DLA has no FP32: FP16 for what INT8 does not cover
+            flags_set.append("FP16")
+        flags_set.append(f"DLA{dla_core}+GPU_FALLBACK")
     if hasattr(trt, "ProfilingVerbosity"):
         config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer precisions for info()
     if not strongly_typed:
-        if precision == "fp16":
+        if precision == "fp16" and "FP16" not in flags_set:
             config.set_flag(trt.BuilderFlag.FP16)
             flags_set.append("FP16")
         elif precision == "int8":
@@ -290,9 +405,20 @@ def build_engine(
     if timing_cache is not None:
         timing_cache.parent.mkdir(parents=True, exist_ok=True)
         timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+    dla_layers = None
+    if dla_core is not None:
+        try:  # how many layers TensorRT can place on the DLA (the rest fall back to the GPU)
+            dla_layers = sum(bool(config.can_run_on_DLA(network.get_layer(i))) for i in range(network.num_layers))
+        except Exception as e:  # best effort: the query differs across versions
+            log.debug("can_run_on_DLA: %s", e)
     meta = {
         "tensorrt": trt.__version__,
         "precision": precision,
+        "device_type": "gpu" if dla_core is None else f"dla{dla_core}",
+        "dla_core": dla_core,
+        "dla_layers": None if dla_layers is None else f"{dla_layers} of {network.num_layers}",
+        "workspace_mb": int(workspace_mb),
+        "timing_cache": str(timing_cache) if timing_cache is not None else None,
         "strongly_typed": strongly_typed,
         "builder_flags": flags_set,
         "onnx": graph.name,
@@ -310,19 +436,21 @@ class TensorRTBackend(Backend):
     def _load(self) -> None:
         import tensorrt as trt
 
-        dev = self.device if self.device is not None else self.options.get("device", 0)
-        try:
-            dev_index = int(str(dev).split(":")[-1]) if str(dev).lower() not in ("", "gpu", "cuda") else 0
-        except ValueError:
-            raise EdgeferError(f"TensorRT device must be a GPU index, not {dev!r}") from None
+        dev = self.device if self.device is not None else self.options.get("device")
+        dev_index, self.dla_core = parse_device(dev)
+        self.workspace_mb = check_workspace(self.options.get("workspace_mb"))
+        check_dla(self.dla_core, self.manifest.precision, trt_major())
         self.cuda = _Cuda(dev_index)
         self.here = {**self.cuda.device_info(), "tensorrt": trt.__version__}
         self.max_batch = int(self.options.get("max_batch", DEFAULT_MAX_BATCH))
         self.opt_batch = int(self.options.get("opt_batch", DEFAULT_OPT_BATCH))
         self.cache_dir = cache_root(self.options.get("cache_dir"))
+        self.timing_cache = timing_cache_path(self.options.get("timing_cache"), self.cache_dir, self.here)
         self.engine_source = ""
         blob, self.build_meta = self._engine_bytes()
         runtime = trt.Runtime(_Logger.get())
+        if self.dla_core is not None:
+            runtime.DLA_core = int(self.dla_core)  # an engine built for a DLA core is deserialized onto it
         self.engine = runtime.deserialize_cuda_engine(blob)
         if self.engine is None:
             raise EdgeferError(
@@ -343,6 +471,10 @@ class TensorRTBackend(Backend):
         if model.suffix.lower() in (".engine", ".plan"):
             built = (m.extra or {}).get("trt", {})
             why = incompatibility(built, self.here)
+            dla = getattr(self, "dla_core", None)
+            if why is None and built.get("dla_core") != dla:
+                want = "the GPU" if dla is None else f"dla{dla}"
+                why = f"built for {built.get('device_type') or 'the GPU'}, asked to run on {want}"
             if why is None and not self.options.get("rebuild"):
                 self.engine_source = f"artifact engine {model.name}"
                 return model.read_bytes(), built
@@ -368,6 +500,9 @@ class TensorRTBackend(Backend):
             "max_batch": self.max_batch,
             "opt_batch": self.opt_batch,
         }
+        dla = getattr(self, "dla_core", None)
+        if dla is not None:
+            identity["dla_core"] = dla  # an engine runs on the core it was built for
         key = engine_key(identity)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         eng = self.cache_dir / f"{m.name}-{m.precision}-{key}.engine"
@@ -380,8 +515,9 @@ class TensorRTBackend(Backend):
         log.warning("building a TensorRT %s engine for %s (%s); cached in %s", m.precision, self.here["gpu"], onnx_path.name, self.cache_dir)
         blob, meta = build_engine(
             onnx_path, m.precision, self.max_batch, self.opt_batch,
-            int(self.options.get("workspace_mb", 1024)), self.cache_dir / f"timing-{key[:8]}-{self.here['tensorrt']}.cache",
-            onnx_fp32,
+            getattr(self, "workspace_mb", DEFAULT_WORKSPACE_MB),
+            getattr(self, "timing_cache", self.cache_dir / f"timing-{key[:8]}-{self.here['tensorrt']}.cache"),
+            onnx_fp32, dla_core=dla,
         )
         meta.update(self.here)
         meta["key"] = key
@@ -472,8 +608,12 @@ class TensorRTBackend(Backend):
 
     def info(self) -> dict[str, Any]:
         d = super().info()
+        gpu = f"gpu:{self.cuda.device} {self.here['gpu']} (sm {self.here['compute_capability']})"
         d.update(
-            device=f"gpu:{self.cuda.device} {self.here['gpu']} (sm {self.here['compute_capability']})",
+            device=gpu if self.dla_core is None else f"dla{self.dla_core} + GPU fallback on {gpu}",
+            dla_layers=self.build_meta.get("dla_layers"),
+            workspace_mb=self.workspace_mb,
+            timing_cache=str(self.timing_cache) if self.timing_cache else "off",
             tensorrt=self.here["tensorrt"],
             engine=self.engine_source,
             strongly_typed=self.build_meta.get("strongly_typed"),
