@@ -7,7 +7,10 @@ For each video: the decode-only fps of an OpenCV read loop (the ceiling), then f
 end-to-end fps of the full loop (start-up excluded), its ratio to the ceiling, p50/p99 frame
 latency, per-stage p50 ms, and the agreement of each face's per-frame emotion with the first
 mode (faces matched by IoU >= 0.3; a face the reference has and the mode misses counts as a
-disagreement). The ``det608`` mode is not a speed lever but the yardstick for agreement: every
+disagreement). ``found_pct`` is the share of the first mode's face-frames (a face in a frame) the
+mode has at all (IoU >= 0.3, emotion aside), ``extra_pct`` the mode's face-frames the first mode
+does not have. Modes are the every-frame loop unless their flags say ``--adaptive`` (the adaptive
+loop, ``edgefer.cadence``; ``benchmarks/adaptive_loop.py`` measures its levers). The ``det608`` mode is not a speed lever but the yardstick for agreement: every
 frame detected, only at 608 instead of 640 px, so its agreement with the first mode shows how
 often the classifier flips on box jitter alone. The faces whose emotion ``det608`` keeps are the
 "stable" faces; each mode's agreement on those alone (``agreement_stable_pct``) separates what a
@@ -32,6 +35,7 @@ from edgefer.track import iou_matrix
 NOISE_FLOOR_MODE = "det608"
 DEFAULT_MODES = [
     "every-frame=--no-overlap",
+    "adaptive=--adaptive",
     "overlap=",
     # an equally valid every-frame setting: its agreement with the first mode is the noise floor
     # of the per-frame emotion (how often a few pixels of box jitter flip the classifier)
@@ -45,12 +49,17 @@ DEFAULT_MODES = [
 def parse_mode(text: str) -> tuple[str, dict]:
     name, _, flags = text.partition("=")
     args = shlex.split(flags)
-    kw: dict = {"overlap": True, "detect_every": 1, "det_size": 640}
+    kw: dict = {"overlap": True, "detect_every": 1, "det_size": 640, "adaptive": False}
     i = 0
     while i < len(args):
         a = args[i]
         if a == "--no-overlap":
             kw["overlap"] = False
+        elif a == "--adaptive":
+            kw["adaptive"] = True
+            kw["detect_every"] = None  # the adaptive loop chooses (an explicit --detect-every forces it)
+        elif a == "--every-frame":
+            kw["adaptive"] = False
         elif a == "--detect-every":
             kw["detect_every"] = int(args[i + 1])
             i += 1
@@ -75,17 +84,30 @@ def parse_mode(text: str) -> tuple[str, dict]:
     return name, kw
 
 
-def run_mode(video: str, kw: dict) -> dict:
+def run_mode(video: str, kw: dict, max_frames: int | None = None, tracks: list | None = None,
+             detected: list | None = None) -> dict:
+    """One run of the loop: speed and per-frame faces (``_faces``: [(box, emotion)] per frame).
+
+    ``tracks`` / ``detected``, when given, receive each frame's track ids and whether the
+    detector ran on it (its ``detect`` stage took time).
+    """
     pipe = Pipeline(**kw)
     frames = []
-    for r in pipe.run(video):
+    for r in pipe.run(video, max_frames=max_frames):
         frames.append([(np.array(f.box, np.float32), f.emotion) for f in r.faces])
+        if tracks is not None:
+            tracks.append([f.track for f in r.faces])
+        if detected is not None:
+            detected.append(r.timings_ms.get("detect", 0.0) > 0)
     st = pipe.stats
     p = st.percentiles()
+    cpu = st.cpu_ms_per_frame()
     return {
         "fps": st.fps(),
+        "cpu_ms_per_frame": None if cpu is None else round(cpu, 3),
         "frames": st.frames,
         "faces": st.faces,
+        "adaptive": pipe.adaptive_report(),
         "p50_ms": p["total"]["p50"],
         "p99_ms": p["total"]["p99"],
         "stage_p50_ms": {k: round(v["p50"], 2) for k, v in p.items()},
@@ -107,6 +129,22 @@ def matches(ref: list, other: list) -> list[list[bool]]:
         out.append(row)
     out.extend([[False] * len(a) for a in ref[len(out):]])
     return out
+
+
+def found(ref: list, other: list) -> tuple[float, float]:
+    """(% of ``ref``'s face-frames that ``other`` has at IoU >= 0.3, % of ``other``'s that ``ref`` lacks)."""
+    hit = total = extra = n_other = 0
+    for a, b in zip(ref, other):
+        total += len(a)
+        n_other += len(b)
+        if not a or not b:
+            extra += len(b)
+            continue
+        iou = iou_matrix(np.stack([x[0] for x in a]), np.stack([x[0] for x in b]))
+        hit += int((iou.max(axis=1) >= 0.3).sum())
+        extra += int((iou.max(axis=0) < 0.3).sum())
+    total += sum(len(a) for a in ref[len(other):])
+    return (100.0 * hit / total if total else 100.0), (100.0 * extra / n_other if n_other else 0.0)
 
 
 def agreement(ref: list, other: list, mask: list[list[bool]] | None = None) -> float:
@@ -144,12 +182,14 @@ def main() -> int:
             if name == NOISE_FLOOR_MODE:
                 stable = matches(ref, faces)
             r["agreement_pct"] = agreement(ref, faces)
+            r["found_pct"], r["extra_pct"] = found(ref, faces)
             runs.append((name, r, faces))
             r["ratio"] = r["fps"] / ceiling
             r["settings"] = kw
             res["modes"][name] = r
             print(
-                f"  {name:14s} {r['fps']:7.1f} fps  ratio {r['ratio']:.3f}  p50 {r['p50_ms']:.1f} p99 {r['p99_ms']:.1f} ms  "
+                f"  {name:14s} {r['fps']:7.1f} fps  {r['cpu_ms_per_frame']:.1f} CPU ms/frame  ratio {r['ratio']:.3f}  "
+                f"p50 {r['p50_ms']:.1f} p99 {r['p99_ms']:.1f} ms  found {r['found_pct']:.1f}%  "
                 f"agree {r['agreement_pct']:.1f}%  stages p50 {r['stage_p50_ms']}",
                 flush=True,
             )

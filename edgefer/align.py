@@ -65,10 +65,13 @@ def crop_faces(
     crop: dict | None = None,
     out: np.ndarray | None = None,
     color_cache: dict | None = None,
+    raw: bool = False,
 ) -> np.ndarray:
     """A batch of face crops laid out and typed as ``spec`` wants, ready for a backend.
 
     ``out`` may be a preallocated uint8 buffer of shape (>=K, H, W, C) reused across frames.
+    ``raw=True`` returns the uint8 NHWC crops before :func:`layout` (a view of ``out``): the
+    adaptive loop compares them with a face's previous crop before deciding to classify it.
     """
     crop = {**DEFAULT_CROP, **(crop or {})}
     h, w = spec.size
@@ -92,7 +95,7 @@ def crop_faces(
             cv2.cvtColor(tmp, cv2.COLOR_BGR2GRAY, dst=dst)
         else:
             cv2.warpAffine(img, m, (w, h), dst=dst, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return layout(out[:k], spec)
+    return out[:k] if raw else layout(out[:k], spec)
 
 
 def layout(crops: np.ndarray, spec: InputSpec) -> np.ndarray:

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .align import crop_faces, resize_faces
+from .align import crop_faces, layout, resize_faces
 from .artifact import DEFAULT_CLASSIFIER, Artifact, load
 from .backends import open_backend
 from .errors import EdgeferError
@@ -51,6 +51,8 @@ class EmotionClassifier:
         self._buf: np.ndarray | None = None
         self._cam_index = self._find_cam_output()
         self._probs_index = next(i for i in range(max(1, len(self.backend.output_names))) if i != self._cam_index)
+        from .selfcheck import check_classifier  # one synthetic inference: input fits, outputs finite
+        check_classifier(self)
 
     def _find_cam_output(self) -> int | None:
         from .explain import cam_output
@@ -96,6 +98,24 @@ class EmotionClassifier:
             h, w = self.spec.size
             self._buf = np.empty((max(2 * k, 8), h, w, self.spec.channels), np.uint8)
         return crop_faces(frame, boxes, landmarks, self.spec, self.crop, out=self._buf, color_cache=color_cache)
+
+    def face_crops(self, frame: np.ndarray, boxes: np.ndarray, landmarks: np.ndarray | None,
+                   color_cache: dict | None = None) -> np.ndarray:
+        """uint8 NHWC crops (K, H, W, C), exactly the pixels the classifier sees, before layout.
+
+        A view of a buffer reused by the next call: copy what must outlive it. The adaptive loop
+        compares these with each face's previous crop and classifies only those that changed
+        (:meth:`predict_faces`); ``predict_faces(face_crops(...))`` equals ``self(...)``.
+        """
+        k = len(boxes)
+        if self._buf is None or self._buf.shape[0] < k:
+            h, w = self.spec.size
+            self._buf = np.empty((max(2 * k, 8), h, w, self.spec.channels), np.uint8)
+        return crop_faces(frame, boxes, landmarks, self.spec, self.crop, out=self._buf, color_cache=color_cache, raw=True)
+
+    def predict_faces(self, crops: np.ndarray, with_cam: bool = False):
+        """:meth:`predict` on uint8 NHWC crops from :meth:`face_crops` (laid out here)."""
+        return self.predict(layout(crops, self.spec), with_cam=with_cam)
 
     def __call__(self, frame: np.ndarray, boxes: np.ndarray, landmarks: np.ndarray | None = None, color_cache: dict | None = None,
                  with_cam: bool = False):

@@ -147,12 +147,17 @@ class FaceDetector:
         self.top_k = top_k
         self.min_face = min_face
         self._mean = np.asarray(self.spec.mean, np.float32)
+        from .selfcheck import check_detector  # one synthetic inference: input fits, outputs finite, priors match
+        check_detector(self)
 
-    def input_size(self, h: int, w: int) -> tuple[int, int, float]:
-        """(in_h, in_w, scale) for a frame of h x w: the long side becomes ``det_size`` (never upscaled)."""
-        return detector_input_size(h, w, self.det_size)
+    def input_size(self, h: int, w: int, det_size: int | None = None) -> tuple[int, int, float]:
+        """(in_h, in_w, scale) for a frame of h x w: the long side becomes ``det_size`` (never upscaled).
 
-    def preprocess(self, frame: np.ndarray) -> tuple[np.ndarray, float]:
+        ``det_size`` overrides the detector's own for one call (the adaptive loop picks it per frame).
+        """
+        return detector_input_size(h, w, self.det_size if det_size is None else (det_size or None))
+
+    def preprocess(self, frame: np.ndarray, det_size: int | None = None) -> tuple[np.ndarray, float]:
         if frame.ndim == 2:
             frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
         elif frame.ndim == 3 and frame.shape[2] == 4:
@@ -162,7 +167,7 @@ class FaceDetector:
         if frame.dtype != np.uint8:
             raise EdgeferError(f"frames must be uint8, not {frame.dtype}")
         h, w = frame.shape[:2]
-        ih, iw, s = self.input_size(h, w)
+        ih, iw, s = self.input_size(h, w, det_size)
         img = frame if (ih, iw) == (h, w) else cv2.resize(frame, (iw, ih), interpolation=cv2.INTER_LINEAR)
         if self.spec.color == "rgb":
             img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
@@ -174,7 +179,8 @@ class FaceDetector:
             blob = blob.transpose(0, 3, 1, 2)
         return np.ascontiguousarray(blob), s
 
-    def postprocess(self, outputs: list[np.ndarray], in_hw: tuple[int, int], scale: float, frame_hw: tuple[int, int]) -> Detections:
+    def postprocess(self, outputs: list[np.ndarray], in_hw: tuple[int, int], scale: float, frame_hw: tuple[int, int],
+                    conf_thresh: float | None = None) -> Detections:
         loc, conf, landms = outputs[0][0], outputs[1][0], outputs[2][0]
         if conf.ndim == 2:  # a graph that emits two-class softmax
             conf = conf[:, 1]
@@ -185,7 +191,8 @@ class FaceDetector:
                 f"{self.backend.artifact.describe()} does not fit its manifest: {len(conf)} anchors for a {iw}x{ih} input, "
                 f"the manifest's prior boxes give {len(priors)}"
             )
-        det = decode(loc, conf, landms, priors, self.variances, iw, ih, scale, self.conf_thresh, self.nms_thresh,
+        thresh = self.conf_thresh if conf_thresh is None else conf_thresh
+        det = decode(loc, conf, landms, priors, self.variances, iw, ih, scale, thresh, self.nms_thresh,
                      self.top_k, frame_wh=(frame_hw[1], frame_hw[0]))
         if self.min_face > 0 and len(det):
             side = np.maximum(det.boxes[:, 2] - det.boxes[:, 0], det.boxes[:, 3] - det.boxes[:, 1])
@@ -193,8 +200,11 @@ class FaceDetector:
             det = Detections(det.boxes[ok], det.scores[ok], det.landmarks[ok])
         return det
 
-    def __call__(self, frame: np.ndarray) -> Detections:
-        blob, scale = self.preprocess(frame)
+    def __call__(self, frame: np.ndarray, det_size: int | None = None, conf_thresh: float | None = None) -> Detections:
+        """Faces in a BGR frame; ``det_size`` (long side in pixels, 0: native) and ``conf_thresh``
+        override the detector's own for this call only, so one session serves every size the
+        adaptive loop asks for, and its hysteresis (unsure faces that continue a track)."""
+        blob, scale = self.preprocess(frame, det_size)
         hw = blob.shape[1:3] if self.spec.layout == "NHWC" else blob.shape[2:4]
         outs = self.backend.run(blob)
-        return self.postprocess(outs, hw, scale, frame.shape[:2])
+        return self.postprocess(outs, hw, scale, frame.shape[:2], conf_thresh)

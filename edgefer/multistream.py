@@ -27,7 +27,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from .pipeline import FrameResult, Pipeline
-from .sources import Frame, Source, open_source
+from .sources import Frame, Source, hand_over, open_source
 from .stats import Stats
 
 
@@ -51,24 +51,8 @@ class StreamFeed:
         self._thread.start()
 
     def _put(self, item: Frame | None) -> None:
-        if item is not None and self.source.live:
-            while True:
-                try:
-                    self._q.put_nowait(item)
-                    break
-                except queue.Full:
-                    try:
-                        self._q.get_nowait()
-                        self.dropped += 1
-                    except queue.Empty:
-                        pass
-        else:
-            while not self._stop.is_set():
-                try:
-                    self._q.put(item, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
+        # the end marker (None) always waits for room: a stream's end is never dropped
+        self.dropped += hand_over(self._q, item, self.source.live and item is not None, self._stop)
         with self._arrived:
             self._arrived.notify_all()
 

@@ -228,6 +228,30 @@ class Source:
         return self.kind
 
 
+def hand_over(q: queue.Queue, item, live: bool, stop: threading.Event) -> int:
+    """Put ``item`` on a reader's bounded queue: a live source never waits (the oldest queued frame
+    is dropped instead), a file waits for room until ``stop``. Returns the frames dropped (0 or 1)."""
+    dropped = 0
+    if live:
+        while True:
+            try:
+                q.put_nowait(item)
+                return dropped
+            except queue.Full:
+                try:
+                    q.get_nowait()
+                    dropped += 1
+                except queue.Empty:
+                    pass
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            break
+        except queue.Full:
+            continue
+    return dropped
+
+
 class _Capture(Source):
     """cv2.VideoCapture-backed source (camera, file, stream) read on a background thread."""
 
@@ -456,24 +480,7 @@ class _Capture(Source):
                            decode_ms=(t1 - t0) * 1e3)
                 idx += 1
                 self.frames_read += 1
-                if self.live:
-                    while True:
-                        try:
-                            self._q.put_nowait(fr)
-                            break
-                        except queue.Full:
-                            try:
-                                self._q.get_nowait()
-                                self.dropped += 1
-                            except queue.Empty:
-                                pass
-                else:
-                    while not self._stop.is_set():
-                        try:
-                            self._q.put(fr, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
+                self.dropped += hand_over(self._q, fr, self.live, self._stop)
         except Exception as e:  # a decoder error mid-stream: keep what was read
             self.error = f"{type(e).__name__}: {e}"
         finally:

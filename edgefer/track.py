@@ -36,6 +36,16 @@ class Track:
     hits: int = 1
     score: float = 1.0
     landmarks: np.ndarray | None = None
+    # adaptive loop (edgefer.cadence): where the detector last saw the face and how it moved since
+    det_box: np.ndarray | None = None  # box at the last detection that matched this track
+    det_frame: int = -1
+    coasted: int = 0  # detections in a row that missed this face while it was carried on
+    velocity: np.ndarray | None = None  # d(x1, y1, x2, y2) per frame between the last two detections
+    # classification reuse: the crop the classifier last saw, its raw output (and maps), its frame
+    crop_sig: np.ndarray | None = None
+    raw_probs: np.ndarray | None = None
+    raw_cams: np.ndarray | None = None
+    cls_frame: int = -1
 
 
 class IoUTracker:
@@ -55,28 +65,51 @@ class IoUTracker:
         """Tracks seen in the latest update (what detection-free frames carry forward)."""
         return [t for t in self.tracks if t.misses == 0]
 
+    def assign(self, boxes: np.ndarray) -> np.ndarray:
+        """For each box, the index in ``self.tracks`` of the track it continues, or -1 (a new face).
+
+        Greedy IoU, best pairs first, pairs under ``iou_thresh`` never matched: exactly the
+        matching :meth:`update` does, available before it so the adaptive loop knows each face's
+        track (and its cached classification) before classifying.
+        """
+        k = len(boxes)
+        match = np.full(k, -1, np.int64)
+        if self.tracks and k:
+            iou = iou_matrix(np.stack([t.box for t in self.tracks]), boxes)
+            used = set()
+            # greedy: best pairs first
+            order = np.dstack(np.unravel_index(np.argsort(-iou, axis=None), iou.shape))[0]
+            for ti, di in order:
+                if iou[ti, di] < self.iou_thresh:
+                    break
+                if ti in used or match[di] >= 0:
+                    continue
+                used.add(ti)
+                match[di] = ti
+        return match
+
     def update(
         self,
         boxes: np.ndarray,
         probs: np.ndarray | None,
         scores: np.ndarray | None = None,
         landmarks: np.ndarray | None = None,
+        match: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Assign track ids to ``boxes``; returns (ids (K,), smoothed probs (K,C) or None)."""
+        """Assign track ids to ``boxes``; returns (ids (K,), smoothed probs (K,C) or None).
+
+        ``match``: the assignment :meth:`assign` gave for these boxes (computed here when None).
+        """
         k = len(boxes)
         ids = np.zeros(k, np.int64)
         out = None if probs is None else np.array(probs, np.float32, copy=True)
         assigned = np.zeros(k, bool)
         used = set()
+        if match is None:
+            match = self.assign(boxes)
         if self.tracks and k:
-            iou = iou_matrix(np.stack([t.box for t in self.tracks]), boxes)
-            # greedy: best pairs first
-            order = np.dstack(np.unravel_index(np.argsort(-iou, axis=None), iou.shape))[0]
-            for ti, di in order:
-                if iou[ti, di] < self.iou_thresh:
-                    break
-                if ti in used or assigned[di]:
-                    continue
+            for di in np.flatnonzero(match >= 0):
+                ti = int(match[di])
                 t = self.tracks[ti]
                 used.add(ti)
                 assigned[di] = True

@@ -156,7 +156,7 @@ def test_run_explain_on_video_overlays_and_reports_cost(videos_dir, tmp_path, ca
     outs = {}
     for explain in (False, True):
         out, summ = tmp_path / f"out{int(explain)}.avi", tmp_path / f"s{int(explain)}.json"
-        args = ["run", str(video), "--max-frames", "6", "--no-display", "--no-overlap", "-o", str(out), "--summary", str(summ)]
+        args = ["run", str(video), "--max-frames", "6", "--no-display", "--no-overlap", "--every-frame", "-o", str(out), "--summary", str(summ)]
         assert main(args + (["--explain"] if explain else [])) == 0
         cap = cv2.VideoCapture(str(out))
         frames = []
