@@ -52,11 +52,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loop_modes import agreement, found, matches, run_mode  # noqa: E402
+from loop_modes import agreement, found, matches, run_mode
 
-from edgefer.cadence import AdaptiveConfig  # noqa: E402
-from edgefer.sources import decode_only_fps  # noqa: E402
-from edgefer.track import iou_matrix  # noqa: E402
+from edgefer.cadence import AdaptiveConfig
+from edgefer.sources import decode_only_fps
+from edgefer.track import iou_matrix
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("EDGEFER_SHARED", ROOT.parent / "shared"))

@@ -84,7 +84,9 @@ class AdaptiveConfig:
     cls_small_diff: float = 8.0
     cls_center: float = 0.0  # compare crops without this share of each side (0.15: the middle 70%)
     cv_one_thread: bool = True  # OpenCV on one thread while the loop runs (restored after)
-    keep_geometry: bool | str = True  # a reduced-size detection confirms a moved face, not replaces its box ("box"/"landmarks": only that)
+    # a reduced-size detection confirms a moved face rather than replacing its box and landmarks
+    # ("box" / "landmarks": keep only that one; False: take the detector's)
+    keep_geometry: bool | str = True
 
     def __post_init__(self) -> None:
         if self.motion not in ("flow", "flow-similarity", "velocity", "hold"):

@@ -38,7 +38,6 @@ from .stats import STAGES, Stats  # noqa: F401  (re-exported: the Python API rea
 from .track import IoUTracker, iou_matrix
 
 
-
 @dataclass
 class Face:
     box: list[float]
@@ -262,7 +261,7 @@ class Pipeline:
         det = self.detector(image, det_size=size, conf_thresh=self._keep_score)
         return det, (time.perf_counter() - t0) * 1e3
 
-    def fork(self) -> "Pipeline":
+    def fork(self) -> Pipeline:
         """Another pipeline on the same detector and classifier sessions (one set of weights and
         runtimes), with its own tracks, adaptive state and statistics: one per stream of a
         :class:`~edgefer.multistream.MultiPipeline`."""
