@@ -218,9 +218,12 @@ def test_broker_killed_and_restarted_mid_stream(broker_factory):
         assert m["device"] == "box-7" and m["stream"] == "cam/0"
     frames = [m["frame"] for m in sub.messages]
     assert set(range(400, 500)) <= set(frames)  # resumed: everything after the reconnect arrived
-    # what arrived from the outage is at most the buffer's newest 50, never the dropped oldest
+    # what arrived from the outage is at most the buffer's newest 50, never the dropped oldest, except
+    # the one or two QoS 1 messages already handed to the socket before the kill was noticed (paho
+    # redelivers those after the reconnect)
     outage = {f for f in frames if 100 <= f < 400}
-    assert len(outage) <= 50 + 1 and all(f >= 400 - 50 - 1 for f in outage), sorted(outage)
+    in_flight = {f for f in outage if f <= 101}
+    assert len(outage - in_flight) <= 50 + 1 and all(f >= 400 - 50 - 1 for f in outage - in_flight), sorted(outage)
     seqs = [m["seq"] for m in sub.messages]
     assert seqs == sorted(seqs) or len(set(seqs)) < len(seqs)  # in order (QoS 1 may repeat one)
 
