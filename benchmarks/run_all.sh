@@ -2,7 +2,7 @@
 # The reproducible benchmark suite: writes benchmarks/results/. Run from the repository root in
 # the project's venv (pip install -e '.[dev]'), on an otherwise idle machine:
 #   bash benchmarks/run_all.sh            # everything
-#   ONLY=bench bash benchmarks/run_all.sh # one part: bench | loop | peers
+#   ONLY=bench bash benchmarks/run_all.sh # one part: bench | loop | adaptive | soak | peers
 # SHARED points at the shared data (default ../shared). Peers need their own venv, see
 # benchmarks/peers/README.md (PEERS_VENV, default .peers-venv); missing peers are skipped.
 set -euo pipefail
@@ -17,8 +17,8 @@ if part bench; then
   # FER2013 PublicTest, INT8 calibrated on 300 class-balanced training faces, the loop on the webcam
   # clip with and without heatmaps; ensembles of bundled classifiers as extra rows
   ENS=$(mktemp -d)
-  python -m edgefer.ensemble -o "$ENS/mean" --rule mean mini-xception edgenet-fast
-  python -m edgefer.ensemble -o "$ENS/vote" --rule vote mini-xception edgenet-fast edgenet
+  edgefer ensemble -o "$ENS/mean" --rule mean mini-xception edgenet-fast
+  edgefer ensemble -o "$ENS/vote" --rule vote mini-xception edgenet-fast edgenet
   edgefer bench --data "$SHARED/data/fer2013/publictest.npz" --calib "$SHARED/data/fer2013/train.npz" \
     --video "$SHARED/data/video/webcam_720p.mp4" --video-frames 0 --batch 1,32 --explain \
     --artifact "$ENS/mean" --artifact "$ENS/vote" \
@@ -40,6 +40,15 @@ if part loop; then
   fi
 fi
 
+if part adaptive; then
+  # the adaptive default vs the every-frame reference and each lever, every shared video; live streams
+  python benchmarks/adaptive_loop.py --recall
+  python benchmarks/streams.py --counts 1 2 4 8
+  python benchmarks/backend_auto.py
+fi
+if part soak; then
+  python benchmarks/soak.py  # 20,000 frames, RSS / threads / fds sampled
+fi
 if part peers; then
   VIDEOS=("$SHARED/data/video/webcam_720p.mp4" "$SHARED/data/video/crowd_720p.mp4")
   python benchmarks/peers/seed_loop.py "${VIDEOS[@]}" --max-frames 300 --json "$OUT/peers_seed_loop.json" || echo "seed loop failed" >&2
