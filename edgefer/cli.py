@@ -105,7 +105,9 @@ def cli(ctx, verbose, quiet):
         import cv2
 
         try:
-            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+            # silent, not ERROR: the GUI build's camera backends (obsensor) log "[ERROR] Camera index out
+            # of range" before our own one-line error; -v brings OpenCV's lines back
+            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
         except AttributeError:  # pragma: no cover - builds without the logging module
             pass
 
