@@ -21,7 +21,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
@@ -105,11 +105,9 @@ class StreamFeed:
 @dataclass
 class StreamState:
     index: int
-    label: str
     source: Source
-    pipe: Pipeline
+    pipe: Pipeline  # its own tracks, adaptive state and stats; the models are shared
     feed: StreamFeed
-    stats: Stats = field(default_factory=Stats)
     ended: bool = False
 
 
@@ -156,7 +154,7 @@ class MultiPipeline:
             if pipe.adaptive is not None:
                 pipe.adaptive.reset_counters()
             feed = StreamFeed(i, src, arrived, max_frames=max_frames)
-            self.streams.append(StreamState(i, src.describe(), src, pipe, feed))
+            self.streams.append(StreamState(i, src, pipe, feed))
         for s in self.streams:
             s.feed.start()
         try:

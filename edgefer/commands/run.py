@@ -9,11 +9,11 @@ from collections import Counter
 from pathlib import Path
 
 import click
-import numpy as np
 
 from ..artifact import DEFAULT_CLASSIFIER, DEFAULT_DETECTOR
 from ..backends import MAX_THREADS
 from ..errors import EdgeferError
+from ..stats import LatencyHistogram
 from ..sources import VIDEO_SUFFIXES
 
 #: the detector's input long side: below 32 px RetinaFace's coarsest anchors see nothing;
@@ -86,15 +86,15 @@ def _fmt_ms(p: dict | None) -> str:
     return f"{p['p50']:.1f} / {p['p99']:.1f}" if p else "-"
 
 
-def _explain_cost(explain_ms: list[float], stats, pipe) -> dict:
+def _explain_cost(explain_ms: LatencyHistogram, stats, pipe) -> dict:
     """What --explain costs per frame: picking/placing the maps plus drawing them, vs the frame time.
 
     The maps come out of the classify inference itself (one more output of the same graph); that
     part is inside the classify stage and measured separately by the bench (`edgefer bench`).
     """
     maps_ms = stats.mean("explain")
-    n = len(explain_ms)
-    per = float(np.mean(explain_ms)) if n else 0.0
+    n = explain_ms.count
+    per = explain_ms.mean
     frame_ms = 1e3 / stats.fps() if stats.fps() > 0 else float("nan")
     entry = (pipe.classifier.manifest.extra or {}).get("cam", {})
     return {
@@ -301,7 +301,7 @@ def run(ctx, source, camera, demo, output, events, display, max_frames, detector
         last_status = 0.0
         stopped = False
         write_errors: list[str] = []
-        explain_ms: list[float] = []  # per frame: picking the maps (pipeline) + drawing them
+        explain_ms = LatencyHistogram()  # per frame: picking the maps (pipeline) + drawing them
         try:
             for r in pipe.run(src, max_frames=max_frames):
                 stop.busy = True  # a signal from here on finishes this frame, then stops
@@ -323,7 +323,7 @@ def run(ctx, source, camera, demo, output, events, display, max_frames, detector
 
                             t_draw = time.perf_counter()
                             img = draw_heatmaps(img, r)
-                            explain_ms.append(r.timings_ms.get("explain", 0.0) + (time.perf_counter() - t_draw) * 1e3)
+                            explain_ms.add(r.timings_ms.get("explain", 0.0) + (time.perf_counter() - t_draw) * 1e3)
                         img = annotate(img, r, pipe.stats.fps() if show_fps else None)
                         if sink:
                             sink.write(img, r)
@@ -331,9 +331,7 @@ def run(ctx, source, camera, demo, output, events, display, max_frames, detector
                             stopped = True
                             break
                     if explain and not (sink or win):
-                        explain_ms.append(r.timings_ms.get("explain", 0.0))
-                    if len(explain_ms) > 4096:  # a running mean in bounded memory
-                        explain_ms[:] = [float(np.mean(explain_ms))] * 2048
+                        explain_ms.add(r.timings_ms.get("explain", 0.0))
                 except EdgeferError as e:  # a write error: stop, keep what was written, say it once
                     write_errors.append(str(e))
                     break
