@@ -168,7 +168,9 @@ class FaceDetector:
             raise EdgeferError(f"frames must be uint8, not {frame.dtype}")
         h, w = frame.shape[:2]
         ih, iw, s = self.input_size(h, w, det_size)
-        img = frame if (ih, iw) == (h, w) else cv2.resize(frame, (iw, ih), interpolation=cv2.INTER_LINEAR)
+        # INTER_LINEAR_EXACT: the same pixels on x86-64 and aarch64 (plain INTER_LINEAR's SIMD paths
+        # round differently per CPU, which moved boxes and flipped emotions on ARM; +0.17 ms per 1080p frame)
+        img = frame if (ih, iw) == (h, w) else cv2.resize(frame, (iw, ih), interpolation=cv2.INTER_LINEAR_EXACT)
         if self.spec.color == "rgb":
             img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
         if self.spec.dtype == "uint8":
