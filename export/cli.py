@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import click
 
-from edgefer.artifact import TARGETS, bundled_names
+from edgefer.artifact import bundled_names
 from edgefer.errors import EdgeferError
 
 from .api import CALIB_METHODS, INT8_VARIANTS, export_model
 from .ranges import peak_rss_mb
+from .targets import TARGETS
 
 
 def needed_modules(model: str, target: str, precision: str, nncf: bool) -> list[str]:
@@ -21,12 +22,8 @@ def needed_modules(model: str, target: str, precision: str, nncf: bool) -> list[
     mods = ["onnx"]
     if Path(model).suffix.lower() in CHECKPOINT_SUFFIXES:
         mods.append("torch")
-    if target == "openvino":
-        mods += ["openvino"] + (["nncf"] if nncf else [])
-    if target == "coreml":
-        mods += ["torch", "coremltools"]
-    if precision == "fp16" and target in ("onnx", "trt"):
-        mods.append("onnxconverter_common")
+    if target in TARGETS:
+        mods += TARGETS[target].modules(precision, nncf)
     return list(dict.fromkeys(mods))
 
 

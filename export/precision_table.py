@@ -42,7 +42,8 @@ def measure(refs: list[str], data: str, ref: str = "mini-xception", usage: str |
     from edgefer.backends import open_backend
     from edgefer.calibration.datasets import load_labeled
 
-    from .api import _artifact_size, map_labels
+    from .crops import map_labels
+    from .output import artifact_size as _artifact_size
 
     images, labels, classes = load_labeled(data, usage=usage)
     rows, runs = [], []

@@ -216,28 +216,34 @@ def agreement(pred: np.ndarray, ref: np.ndarray) -> float:
     return float((np.asarray(pred).argmax(1) == np.asarray(ref).argmax(1)).mean()) if len(ref) else float("nan")
 
 
+@dataclass
+class CheckFaces:
+    """What a variant is measured on: model-ready faces, the FP32 outputs on them, labels when known."""
+
+    inputs: np.ndarray
+    ref: np.ndarray  # the FP32 graph's outputs on ``inputs``
+    labels: np.ndarray | None = None
+    desc: str | None = None  # in words, for the reason recorded in the manifest
+
+
 def choose_variant(
     target: str,
     src: Path,
     workdir: Path,
     input_name: str,
     calib_inputs: np.ndarray,
-    check_inputs: np.ndarray,
-    check_ref: np.ndarray,
+    check: CheckFaces,
     predict: Callable[[Path, np.ndarray], np.ndarray],
     simulate: Callable[[Path, np.ndarray], np.ndarray] | None = None,
     method: str = "minmax",
     forced: str | None = None,
     cpu: dict[str, Any] | None = None,
-    check_labels: np.ndarray | None = None,
     progress: Callable[[str], None] | None = None,
-    check_desc: str | None = None,
 ) -> VariantChoice:
     """Quantize the candidate variants, run each on the target runtime, keep the best.
 
     ``predict(path, x)`` runs a QDQ ONNX file on the target runtime; ``simulate`` runs it as
-    exact float arithmetic (reference for what the graph should give). ``check_ref`` are the
-    FP32 outputs on ``check_inputs``.
+    exact float arithmetic (reference for what the graph should give).
     """
     cpu = cpu or cpu_profile()
     names = [forced] if forced and forced != "auto" else candidates(target, cpu)
@@ -250,14 +256,14 @@ def choose_variant(
             progress(f"quantize {name}")
         p = quantize_qdq(src, workdir / f"int8-{name}.onnx", input_name, calib_inputs, variant=name, method=method)
         paths[name] = p
-        if len(check_inputs) == 0 or target == "trt":
+        if len(check.inputs) == 0 or target == "trt":
             continue
-        out = predict(p, check_inputs)
-        s = {"agreement": round(agreement(out, check_ref), 4)}
-        if check_labels is not None:
-            s["top1"] = round(float((out.argmax(1) == check_labels).mean()), 4)
+        out = predict(p, check.inputs)
+        s = {"agreement": round(agreement(out, check.ref), 4)}
+        if check.labels is not None:
+            s["top1"] = round(float((out.argmax(1) == check.labels).mean()), 4)
         if simulate is not None:
-            s["simulated_agreement"] = round(agreement(simulate(p, check_inputs), check_ref), 4)
+            s["simulated_agreement"] = round(agreement(simulate(p, check.inputs), check.ref), 4)
         scores[name] = s
     if len(names) == 1:
         chosen = names[0]
@@ -276,7 +282,7 @@ def choose_variant(
         measured = ", ".join(f"{n} {100 * scores[n]['agreement']:.1f}%" for n in names)
         reason = (
             f"{cpu['cpu']} has no VNNI ({'x86' if cpu['x86'] else cpu['machine']}): 8-bit weights can overflow the int16 "
-            f"accumulation of u8*s8 kernels; measured agreement with FP32 on {check_desc or f'{len(check_inputs)} faces'}: "
+            f"accumulation of u8*s8 kernels; measured agreement with FP32 on {check.desc or f'{len(check.inputs)} faces'}: "
             f"{measured}; kept {chosen}"
         )
     return VariantChoice(chosen, paths[chosen], scores, reason)

@@ -40,7 +40,7 @@ MAX_BATCH = 64
 
 class Samples(Protocol):
     """Model-ready calibration samples, first axis = samples, sliced lazily (an ``np.ndarray``
-    qualifies; :class:`edgefer.export.detector_int8.FrameBatches` builds batches on demand)."""
+    qualifies; :class:`edgefer.export.frames.FrameBatches` builds batches on demand)."""
 
     def __len__(self) -> int: ...
 

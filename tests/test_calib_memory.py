@@ -116,7 +116,7 @@ def test_frame_batches_build_slices_on_demand(videos_dir):
     """The detector's calibration frames are batched lazily, at the most common input shape."""
     import cv2
 
-    from edgefer.export.detector_int8 import FrameBatches
+    from edgefer.export.frames import FrameBatches
 
     x = _frames(videos_dir / "frown_512.mp4", 5, 96)
     frames = [x[0], x[1], cv2.resize(x[2], (64, 96)), x[3], x[4]]

@@ -60,7 +60,7 @@ def test_trt_device_from_environment(monkeypatch):
 
 
 def test_trt_export_options_checked_without_tensorrt():
-    from edgefer.export.trt_export import build_options
+    from edgefer.export.targets.trt import build_options
 
     assert build_options("dla1", 512)["dla_core"] == 1
     with pytest.raises(EdgeferError) as e:

@@ -14,7 +14,7 @@ pytest.importorskip("torch", reason="Core ML export converts the torch module (p
 
 from edgefer.artifact import load  # noqa: E402
 from edgefer.export.api import export_model  # noqa: E402
-from edgefer.export.coreml_export import inspect_package  # noqa: E402
+from edgefer.export.targets.coreml import inspect_package  # noqa: E402
 
 from conftest import shared_file  # noqa: E402
 

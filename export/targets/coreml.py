@@ -1,4 +1,4 @@
-"""Core ML ``.mlpackage`` (ML program) from the torch module, FP32 / FP16 / INT8.
+"""Core ML: an ``.mlpackage`` (ML program) converted from the torch module, FP32 / FP16 / INT8.
 
 Core ML takes no uint8 tensors, so the package's input is float32 carrying raw pixel values
 (0..255) in the manifest's layout; the normalisation stays inside the graph exactly as in the
@@ -23,10 +23,20 @@ import logging
 import platform
 import shutil
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from edgefer.errors import EdgeferError
+
+from ..job import Built
+from .base import Target
+
+if TYPE_CHECKING:
+    from ..job import Job
+    from ..source import SourceModel
 
 log = logging.getLogger(__name__)
 
@@ -189,3 +199,52 @@ def check_package(report: dict[str, Any], spec, n_classes: int, precision: str, 
     if report["ops"].get("softmax", 0) == 0 and output_name == "probs":
         problems.append("no softmax in the program, but the manifest says probs")
     return problems
+
+
+class CoreMLTarget(Target):
+    name = "coreml"
+    int8_runtime = "coreml"
+    int8_needs_calib = False  # weight-only int8 needs no data
+    checked_on_faces = False  # Linux cannot run Core ML; macOS runs it in the backend's self-check
+
+    def modules(self, precision: str, nncf: bool) -> list[str]:
+        return ["torch", "coremltools"]
+
+    def check_source(self, src: SourceModel) -> None:
+        if src.torch_factory is not None:
+            return
+        man0 = src.manifest
+        if man0.arch:
+            # a zoo architecture whose module did not import: say why (torch missing -> the CLI names
+            # the extra that installs it), rather than that no torch module is known
+            import torch  # noqa: F401
+
+            from ..source import zoo_module
+
+            zoo_module(man0.arch)
+        raise EdgeferError(
+            f"Core ML export converts the torch module, and edgefer has none for {man0.name} "
+            f"({f'a {man0.kind}' if man0.arch else 'its manifest names no zoo architecture'}): "
+            "export its checkpoint (edgefer export model.pth --arch NAME --target coreml)"
+        )
+
+    def calibrates_on_crops(self) -> bool:
+        return can_predict()  # activation calibration runs the model: macOS only
+
+    def build(self, job: Job) -> Built:
+        job.used.update({"coremltools", "torch"})
+        man0, precision = job.manifest0, job.req.precision
+        spec = man0.input
+        pkg = job.staging / "model.mlpackage"
+        report = convert(job.src.torch_factory, spec, pkg, precision, job.data.cal_x, output_name=man0.output)
+        insp = inspect_package(pkg)
+        problems = check_package(insp, spec, len(man0.classes or []), precision, output_name=man0.output)
+        if problems:
+            raise EdgeferError("the Core ML package does not fit the manifest: " + "; ".join(problems))
+        report["validated"] = {k: insp[k] for k in ("model_type", "specification_version", "inputs", "outputs",
+                                                   "int8_weight_ops", "activation_quant_ops", "compute")}
+        report["ops"] = insp["ops"]
+        calibration = None
+        if precision == "int8" and job.data.record is None:
+            calibration = {"method": "none (weight-only int8, no activation calibration)"}
+        return Built({"model": "model.mlpackage"}, {"coreml": report}, calibration)

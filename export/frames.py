@@ -1,4 +1,4 @@
-"""INT8 export of a RetinaFace-style detector: calibrated on whole frames, checked on detections.
+"""Whole frames: how an INT8 detector is calibrated and checked (the plan :class:`DetectorFrames`).
 
 A classifier is calibrated and checked on face crops; a detector sees whole frames, at the size
 the runtime feeds it (the long side scaled to ``det_size``, never upscaled, as
@@ -15,16 +15,22 @@ are slower than its FP32 on this graph (about 16 ms): the export says so, it doe
 
 from __future__ import annotations
 
-import shutil
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
-from edgefer.artifact import Manifest
 from edgefer.errors import EdgeferError
+
+from . import quantize as q
+from .job import CalibData, Qdq
+
+if TYPE_CHECKING:
+    from edgefer.artifact import Manifest
+
+    from .job import Built, Job
 
 IOU_MATCH = 0.5
 CONFIDENT = 0.8  # FP32 face score above which a face counts as confidently detected
@@ -36,9 +42,10 @@ def read_frames(calib: str | Path, count: int, seed: int = 0,
     """Up to ``count`` BGR frames spread over a video, a photo, or a folder of them, each scaled
     as read to what the detector sees at ``det_size`` (the detector would scale them the same
     way, so nothing changes but the memory: hundreds of 1080p frames are gigabytes)."""
-    from edgefer.detect import detector_input_size
     from edgefer.calibration.datasets import IMAGE_SUFFIXES, VIDEO_SUFFIXES, media_files
     from edgefer.calibration.samples import _video_frames
+
+    from edgefer.detect import detector_input_size
 
     p = Path(calib).expanduser()
     if not p.exists():
@@ -171,71 +178,74 @@ def detection_agreement(ref_det, det, frames: list[np.ndarray]) -> dict[str, Any
     }
 
 
-def export_detector_int8(src, fp32: Path, work: Path, target: str, calib, calib_size: int, calib_method: str, seed: int,
-                         det_size: int, device: str | None, steps, used: set, messages: list, cpu: dict, variant: str | None,
-                         man0: Manifest, staging: Path) -> tuple[dict[str, str], dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """Quantize ``fp32`` (simplified detector graph) into ``staging``.
-
-    Returns (manifest files, manifest extra, calibration record, {"check_frames": held-out frames}).
-    """
-    from . import quantize as q
-
-    if target not in ("onnx", "openvino", "trt"):
-        raise EdgeferError(f"INT8 detectors export to onnx, openvino or trt, not {target} (use --fp16 for Core ML)")
-    if not calib:
-        raise EdgeferError("--int8 needs calibration frames for a detector: pass --calib with videos or photos of the "
-                           "scenes it will see (--calib-size N frames)")
-    steps("read calibration frames")
-    frames, prov = read_frames(calib, calib_size + max(8, calib_size // 4), seed, det_size)
-    # every 5th frame is held out for the check (spread over every source), the rest calibrate
-    if len(frames) >= 5:
-        chk_frames = frames[4::5]
-        cal_frames = [f for i, f in enumerate(frames) if i % 5 != 4]
-    else:
-        cal_frames = chk_frames = frames
-        messages.append(f"only {len(frames)} calibration frames: checked on the calibration frames themselves")
-    x = FrameBatches(cal_frames)  # batches are made as the calibration asks for them
-    variants = [variant] if variant else q.candidates(target, cpu)[:1]
-    v = variants[0]
-    keep = float_convs(fp32)
-    qpath = q.quantize_qdq(fp32, work / f"det-{v}.onnx", man0.input.name, x, variant=v, method=calib_method,
-                           batch_size=8, cache_dir=work, exclude=keep)
-    files: dict[str, str] = {}
-    extra: dict[str, Any] = {"int8": {**q.describe_variant(v), "cpu": cpu["cpu"], "vnni": cpu["vnni"], "float_convs": keep,
-                                      "reason": f"forced by --int8-variant {v}" if variant else
-                                                f"{cpu['cpu']}: {v} is the variant that runs correctly here "
-                                                f"(see export/README.md)"}}
-    if target == "openvino":
-        from .openvino_export import save_ir
-
-        used.add("openvino")
-        save_ir(qpath, staging / "model.xml", fp16=False)
-        files = {"model": "model.xml", "weights": "model.bin"}
-    else:
-        used.add("onnxruntime")
-        shutil.copy(qpath, staging / "model.onnx")
-        files = {"model": "model.onnx"}
-        if target == "trt":
-            from .trt_export import readiness
-
-            findings, summ = readiness(staging / "model.onnx")
-            extra["trt_readiness"] = findings
-            messages.append(f"model.onnx: {summ}")
-            extra["trt_build"] = {"status": "TensorRT-ready ONNX; build the engine on the device"}
-    calibration = {**prov, "method": calib_method, "count": len(cal_frames), "input_hw": list(x.shape[1:3]),
-                   "det_size": det_size}
-    return files, extra, calibration, {"check_frames": chk_frames}
-
-
-def check_detector(ref_artifact, staging: Path, target: str, frames: list[np.ndarray], det_size: int,
-                   device: str | None) -> dict[str, Any]:
-    """Detection agreement of the exported INT8 detector (on its runtime) with the FP32 source."""
+def check_detector(ref_artifact, staging: Path, backend: str, frames: list[np.ndarray], det_size: int,
+                   **options: Any) -> dict[str, Any]:
+    """Detection agreement of the exported INT8 detector (on ``backend``) with the FP32 source."""
     from edgefer.detect import FaceDetector
 
-    backend = "openvino" if target == "openvino" else "onnxruntime"
-    opts = {"device": device} if (device and target == "openvino") else {}
     ref = FaceDetector(ref_artifact, det_size=det_size)
-    new = FaceDetector(str(staging), backend=backend, det_size=det_size, **opts)
+    new = FaceDetector(str(staging), backend=backend, det_size=det_size, **options)
     out = detection_agreement(ref, new, frames)
     out["backend"] = backend
     return out
+
+
+class DetectorFrames:
+    """The plan of INT8 detectors: frames in, detections compared with the FP32 detector's."""
+
+    allows_nncf = False  # always the QDQ graph (--nncf is not applied to detectors)
+    builds_engine = False  # TensorRT: the engine is built on the device from the INT8 ONNX
+
+    @staticmethod
+    def method(job: Job) -> str:
+        # min/max ranges of whole frames are set by rare outliers (they lost a third of the faces)
+        return job.req.calib_method if job.req.calib_method is not None else "percentile"
+
+    def check(self, job: Job) -> None:
+        if job.target.name not in ("onnx", "openvino", "trt"):
+            raise EdgeferError(f"INT8 detectors export to onnx, openvino or trt, not {job.target.name} "
+                               "(use --fp16 for Core ML)")
+        if not job.req.calib:
+            raise EdgeferError("--int8 needs calibration frames for a detector: pass --calib with videos or photos "
+                               "of the scenes it will see (--calib-size N frames)")
+
+    def collect(self, job: Job) -> CalibData:
+        req = job.req
+        job.steps("read calibration frames")
+        frames, prov = read_frames(req.calib, req.calib_size + max(8, req.calib_size // 4), req.seed, DET_SIZE)
+        # every 5th frame is held out for the check (spread over every source), the rest calibrate
+        if len(frames) >= 5:
+            chk_frames = frames[4::5]
+            cal_frames = [f for i, f in enumerate(frames) if i % 5 != 4]
+        else:
+            cal_frames = chk_frames = frames
+            job.messages.append(f"only {len(frames)} calibration frames: checked on the calibration frames themselves")
+        x = FrameBatches(cal_frames)  # batches are made as the calibration asks for them
+        record = {**prov, "method": self.method(job), "count": len(cal_frames), "input_hw": list(x.shape[1:3]),
+                  "det_size": DET_SIZE}
+        return CalibData(cal_x=x, check_frames=chk_frames, record=record)
+
+    def quantize(self, job: Job) -> Qdq:
+        """One variant (forced, or the first this target and CPU run correctly), output heads kept float."""
+        forced = None if job.req.int8_variant == "auto" else job.req.int8_variant
+        cpu = job.cpu
+        v = forced or q.candidates(job.target.name, cpu)[0]
+        keep = float_convs(job.fp32)
+        path = q.quantize_qdq(job.fp32, job.work / f"det-{v}.onnx", job.manifest0.input.name, job.data.cal_x,
+                              variant=v, method=self.method(job), batch_size=8, cache_dir=job.work, exclude=keep)
+        reason = (f"forced by --int8-variant {v}" if forced else
+                  f"{cpu['cpu']}: {v} is the variant that runs correctly here (see export/README.md)")
+        return Qdq(path, {**q.describe_variant(v), "cpu": cpu["cpu"], "vnni": cpu["vnni"], "float_convs": keep,
+                          "reason": reason})
+
+    def validate(self, job: Job, man: Manifest, built: Built) -> dict[str, Any] | None:
+        target, src = job.target, job.src
+        if target.check_backend is None:
+            return None
+        ref = src.artifact if src.artifact is not None else src.ref
+        validation = check_detector(ref, job.staging, target.check_backend, job.data.check_frames, DET_SIZE,
+                                    **target.check_options(job.req.device))
+        validation["on"] = (f"{validation['frames']} held-out frames of {Path(job.req.calib).name} "
+                            f"at a {DET_SIZE} px long side")
+        man.extra["validation"] = validation
+        return validation

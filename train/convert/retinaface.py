@@ -1,6 +1,6 @@
 """Convert the seed RetinaFace MobileNet-0.25 checkpoint into the bundled ``retinaface-mnet025`` artifact.
 
-    python -m edgefer.export.convert_retinaface --weights ../shared/weights/retinaface_mobilenet0.25.pth [-o DIR]
+    python -m edgefer.train.convert.retinaface --weights ../shared/weights/retinaface_mobilenet0.25.pth [-o DIR]
 
 Loads the plain state dict (``torch.load(weights_only=True)``) into
 :class:`edgefer.train.zoo.retinaface.RetinaFace`, wraps it so the graph takes uint8 NHWC BGR
@@ -80,7 +80,7 @@ def parity(model: rf.RetinaFace, path: Path) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m edgefer.export.convert_retinaface", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m edgefer.train.convert.retinaface", description=__doc__.split("\n\n")[0])
     ap.add_argument("--weights", required=True, help="retinaface_mobilenet0.25.pth (plain state dict)")
     ap.add_argument("-o", "--output", default=str(Path(edgefer.__file__).resolve().parent / "assets"))
     args = ap.parse_args(argv)
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             "source": f"retinaface_mobilenet0.25.pth ({weights.name})",
             "source_sha256": sha256_file(weights),
             "upstream": UPSTREAM,
-            "command": "python -m edgefer.export.convert_retinaface --weights ../shared/weights/retinaface_mobilenet0.25.pth",
+            "command": "python -m edgefer.train.convert.retinaface --weights ../shared/weights/retinaface_mobilenet0.25.pth",
             "tools": {"torch": torch.__version__, "onnx": onnx.__version__},
             "torch_parity_max_abs": diff,
         },
