@@ -35,7 +35,7 @@ from pathlib import Path
 # the more specific entries come first within a thread
 THREADS = [
     ("decode", ("_Capture._reader",)),
-    ("detect", ("_detect_ahead.<locals>.worker",)),
+    ("detect", ("detect_ahead.<locals>.worker",)),
 ]
 BUCKETS = {
     "decode": [
@@ -51,9 +51,9 @@ BUCKETS = {
     ],
     "main": [
         ("startup", ("_find_and_load", "Pipeline.__init__", "open_source", "import_module")),
-        ("waiting for detection", ("Pipeline._detect_ahead",)),
-        ("classify: inference", ("EmotionClassifier.predict",)),
-        ("classify: crop + align", ("EmotionClassifier.crops", "crop_faces")),
+        ("waiting for detection", ("detect_ahead",)),
+        ("classify: inference", ("Classifier.predict",)),
+        ("classify: crop + align", ("Classifier.crops", "crop_faces")),
         ("track", ("IoUTracker.update",)),
         ("detect (serial)", ("Pipeline.detect",)),
         ("output", ("EventWriter", "AnnotatedOutput", "annotate", "Display", "draw_heatmaps")),

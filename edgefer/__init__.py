@@ -9,8 +9,7 @@ The runtime never imports torch. Python API mirrors the CLI::
             print(result.frame, face.emotion, face.confidence)
 """
 
-__version__ = "0.1.0"
-
+from ._version import __version__  # noqa: E402
 from .artifact import load as load_artifact  # noqa: E402
 from .errors import EdgeferError  # noqa: E402
 
@@ -27,12 +26,16 @@ def __dir__() -> list[str]:
 
 
 def __getattr__(name):  # lazy: keep `import edgefer` light
-    if name in ("Pipeline", "FrameResult", "Face"):
-        from . import pipeline
+    if name == "Pipeline":
+        from .pipeline import Pipeline
 
-        return getattr(pipeline, name)
-    if name == "load":
-        from .backends import open_backend
+        return Pipeline
+    if name in ("FrameResult", "Face"):
+        from . import results
 
-        return open_backend
+        return getattr(results, name)
+    if name == "load":  # an artifact on a backend, or an ensemble manifest (edgefer.classify.open_model)
+        from .classify import open_model
+
+        return open_model
     raise AttributeError(name)

@@ -1,127 +1,45 @@
-"""Emotion classification of face crops: one batched backend call per frame."""
+"""Opening a classifier: one artifact or an ensemble manifest, whichever a reference names.
+
+This module sits above both kinds of classifier: :class:`edgefer.classifier.Classifier` (one
+artifact on one backend) and :class:`edgefer.ensemble.EnsembleClassifier` (several of those,
+combined). Callers that take "a classifier" from the user (``edgefer run --classifier``, the
+bench, ``edgefer info``) construct :class:`EmotionClassifier` and get the right one; neither
+kind needs to know the other exists, and the backend registry knows backends only.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
-from .align import crop_faces, layout, resize_faces
 from .artifact import DEFAULT_CLASSIFIER, Artifact, load
-from .backends import open_backend
-from .errors import EdgeferError
+from .backends import Backend, open_backend
+from .classifier import CAM_KEY, Classifier, cam_output, softmax
+from .ensemble import EnsembleClassifier
+
+__all__ = ["CAM_KEY", "Classifier", "EmotionClassifier", "EnsembleClassifier", "cam_output", "open_model", "softmax"]
 
 
-def softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+class EmotionClassifier(Classifier):
+    """A classifier artifact on a backend; an ensemble manifest (kind ``ensemble``) opens as an
+    :class:`~edgefer.ensemble.EnsembleClassifier` instead: same methods, combined probabilities.
 
-
-class EmotionClassifier:
-    """A classifier artifact on a backend, fed straight from frames or from dataset crops.
-
-    An ensemble artifact (manifest kind ``ensemble``) loads transparently as an
-    :class:`edgefer.ensemble.EnsembleClassifier`: same methods, combined probabilities.
-
-    A classifier whose manifest declares a class activation map output (``extra.cam``, see
-    :mod:`edgefer.explain`) also returns the maps: ``probs, cams = clf.predict(batch, with_cam=True)``
-    with ``cams`` (K, C, h, w) float32 in logit units (their spatial mean is the logits).
+    The artifact is loaded (and checksummed) once, here, to read its kind.
     """
 
     def __new__(cls, artifact: Any = DEFAULT_CLASSIFIER, backend: str = "auto", **backend_options: Any):
-        if cls is not EmotionClassifier:
-            return super().__new__(cls)
         art = artifact if isinstance(artifact, Artifact) else load(artifact, kind="classifier")
-        if art.manifest.kind == "ensemble":
-            from .ensemble import EnsembleClassifier
-
-            obj = super().__new__(EnsembleClassifier)
-        else:
-            obj = super().__new__(cls)
-        obj._artifact = art  # loaded (and checksummed) once
+        if cls is EmotionClassifier and art.manifest.kind == "ensemble":
+            return EnsembleClassifier(art, backend, **backend_options)
+        obj = super().__new__(cls)
+        obj._artifact = art
         return obj
 
-    def __init__(self, artifact: Any = DEFAULT_CLASSIFIER, backend: str = "auto", **backend_options: Any):
-        art = getattr(self, "_artifact", None) or artifact
-        self.backend = open_backend(art, backend, kind="classifier", **backend_options)
-        self.manifest = self.backend.manifest
-        self.spec = self.manifest.input
-        self.classes: list[str] = list(self.manifest.classes)
-        self.crop = self.manifest.crop or {}
-        self._buf: np.ndarray | None = None
-        self._cam_index = self._find_cam_output()
-        self._probs_index = next(i for i in range(max(1, len(self.backend.output_names))) if i != self._cam_index)
-        from .selfcheck import check_classifier  # one synthetic inference: input fits, outputs finite
-        check_classifier(self)
 
-    def _find_cam_output(self) -> int | None:
-        from .explain import cam_output
-
-        name = cam_output(self.manifest)
-        names = list(self.backend.output_names)
-        if name is None:
-            return None
-        if name in names:
-            return names.index(name)
-        # some converters rename outputs; a two-output graph whose manifest declares a CAM has it second
-        return 1 if len(names) == 2 else None
-
-    @property
-    def has_cam(self) -> bool:
-        """Whether one inference also yields class activation maps (``predict(..., with_cam=True)``)."""
-        return self._cam_index is not None
-
-    def predict(self, batch: np.ndarray, with_cam: bool = False):
-        """Probabilities (K, C) float32 for a batch already laid out as the manifest's input.
-
-        With ``with_cam=True``: ``(probs, cams)``, cams (K, C, h, w) from the same inference.
-        """
-        if with_cam and not self.has_cam:
-            raise EdgeferError(f"{self.backend.artifact.describe()} has no class activation map output")
-        if len(batch) == 0:
-            empty = np.zeros((0, len(self.classes)), np.float32)
-            if with_cam:
-                shape = (self.manifest.extra or {}).get("cam", {}).get("shape") or [len(self.classes), 1, 1]
-                return empty, np.zeros((0, *shape), np.float32)
-            return empty
-        outs = self.backend.run(batch)
-        out = np.asarray(outs[self._probs_index], np.float32).reshape(len(batch), -1)
-        probs = softmax(out) if self.manifest.output == "logits" else out
-        if with_cam:
-            return probs, np.asarray(outs[self._cam_index], np.float32)
-        return probs
-
-    def crops(self, frame: np.ndarray, boxes: np.ndarray, landmarks: np.ndarray | None, color_cache: dict | None = None) -> np.ndarray:
-        """Aligned crops of the faces in ``frame``, reusing one buffer across frames."""
-        k = len(boxes)
-        if self._buf is None or self._buf.shape[0] < k:
-            h, w = self.spec.size
-            self._buf = np.empty((max(2 * k, 8), h, w, self.spec.channels), np.uint8)
-        return crop_faces(frame, boxes, landmarks, self.spec, self.crop, out=self._buf, color_cache=color_cache)
-
-    def face_crops(self, frame: np.ndarray, boxes: np.ndarray, landmarks: np.ndarray | None,
-                   color_cache: dict | None = None) -> np.ndarray:
-        """uint8 NHWC crops (K, H, W, C), exactly the pixels the classifier sees, before layout.
-
-        A view of a buffer reused by the next call: copy what must outlive it. The adaptive loop
-        compares these with each face's previous crop and classifies only those that changed
-        (:meth:`predict_faces`); ``predict_faces(face_crops(...))`` equals ``self(...)``.
-        """
-        k = len(boxes)
-        if self._buf is None or self._buf.shape[0] < k:
-            h, w = self.spec.size
-            self._buf = np.empty((max(2 * k, 8), h, w, self.spec.channels), np.uint8)
-        return crop_faces(frame, boxes, landmarks, self.spec, self.crop, out=self._buf, color_cache=color_cache, raw=True)
-
-    def predict_faces(self, crops: np.ndarray, with_cam: bool = False):
-        """:meth:`predict` on uint8 NHWC crops from :meth:`face_crops` (laid out here)."""
-        return self.predict(layout(crops, self.spec), with_cam=with_cam)
-
-    def __call__(self, frame: np.ndarray, boxes: np.ndarray, landmarks: np.ndarray | None = None, color_cache: dict | None = None,
-                 with_cam: bool = False):
-        return self.predict(self.crops(frame, boxes, landmarks, color_cache), with_cam=with_cam)
-
-    def predict_images(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Probabilities for dataset face images (already cropped, any size): accuracy checks."""
-        outs = [self.predict(resize_faces(images[i : i + batch_size], self.spec)) for i in range(0, len(images), batch_size)]
-        return np.concatenate(outs) if outs else np.zeros((0, len(self.classes)), np.float32)
+def open_model(ref: Any, backend: str = "auto", kind: str | None = None, **options: Any) -> Backend:
+    """``edgefer.load``: an artifact on a backend (:func:`edgefer.backends.open_backend`), or for an
+    ensemble manifest the ensemble's backend face (``run`` gives the combined probabilities,
+    ``info`` the members), its members each on the backend that runs them."""
+    art = ref if isinstance(ref, Artifact) else load(ref, kind=kind)
+    if art.manifest.kind == "ensemble":
+        return EnsembleClassifier(art, backend, **options).backend  # type: ignore[return-value]
+    return open_backend(art, backend, kind=kind, **options)

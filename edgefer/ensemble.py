@@ -4,8 +4,10 @@ An ensemble artifact is a manifest (kind ``ensemble``) that names member artifac
 relative to itself, inside its folder (``files.members``) and a combination rule (``extra.ensemble.rule``). The
 members may be any mix of targets, backends and precisions (an FP32 ONNX, an OpenVINO INT8, a
 TensorRT FP16 engine...) as long as they predict the same class set; their class *order* may
-differ (each member's columns are mapped by class name). Loading it through
-:class:`edgefer.classify.EmotionClassifier` is transparent: ``predict``, ``predict_images`` and
+differ (each member's columns are mapped by class name). An ensemble is a classifier made of
+classifiers: :class:`EnsembleClassifier` extends :class:`edgefer.classifier.Classifier` and holds
+one per member. Loading it through :class:`edgefer.classify.EmotionClassifier` (which sits above
+both and opens whichever kind a reference names) is transparent: ``predict``, ``predict_images`` and
 ``__call__`` return the combined probabilities, so ``edgefer run --classifier ENSEMBLE`` and the
 bench use it like any classifier. Per frame each member runs one batch of its own crops (its
 own input size, colour and crop geometry).
@@ -38,8 +40,9 @@ import numpy as np
 
 from .align import resize_faces
 from .artifact import ALIASES, BUNDLED, Artifact, InputSpec, Manifest, load, sha256_file, write_artifact
+from .backends import ALIASES as BACKEND_ALIASES, REGISTRY
 from .classes import canonical
-from .classify import EmotionClassifier
+from .classifier import Classifier
 from .errors import EdgeferError
 
 RULES = ("mean", "vote")
@@ -133,7 +136,7 @@ class _EnsembleBackend:
         }
 
 
-class EnsembleClassifier(EmotionClassifier):
+class EnsembleClassifier(Classifier):
     """Members run one batch each; their probabilities (in the first member's class order) are combined.
 
     ``backend``: ``auto`` lets each member pick the backend for its target; a named backend is
@@ -148,9 +151,7 @@ class EnsembleClassifier(EmotionClassifier):
     """
 
     def __init__(self, artifact: Any, backend: str = "auto", **backend_options: Any):
-        from .backends import ALIASES as BACKEND_ALIASES, REGISTRY
-
-        art = getattr(self, "_artifact", None) or (artifact if isinstance(artifact, Artifact) else load(artifact))
+        art = artifact if isinstance(artifact, Artifact) else load(artifact)
         m = art.manifest
         if m.kind != "ensemble":
             raise EdgeferError(f"{art.describe()} is not an ensemble")
@@ -165,7 +166,7 @@ class EnsembleClassifier(EmotionClassifier):
         name = BACKEND_ALIASES.get(backend, backend)
         if not backend_options.get("threads"):
             backend_options = {**backend_options, "threads": 1}
-        self.members: list[EmotionClassifier] = []
+        self.members: list[Classifier] = []
         self.maps: list[np.ndarray] = []
         for i, rel in enumerate(rels):
             mart = load(art.root / rel)
@@ -173,7 +174,7 @@ class EnsembleClassifier(EmotionClassifier):
                 raise EdgeferError(f"{art.describe()}: member {rel} is a {mart.manifest.kind}, members must be classifiers")
             want = per_member[i].get("backend") if i < len(per_member) and isinstance(per_member[i], dict) else None
             b = want or (name if name in REGISTRY and mart.manifest.target in REGISTRY[name][2] else "auto")
-            self.members.append(EmotionClassifier(mart, backend=b, **backend_options))
+            self.members.append(Classifier(mart, backend=b, **backend_options))
         ref = list(m.classes or self.members[0].classes)
         for rel, mem in zip(rels, self.members):
             self.maps.append(class_mapping(ref, mem.classes, f"member {rel}"))
@@ -192,7 +193,7 @@ class EnsembleClassifier(EmotionClassifier):
         self.last_member_probs = p
         return combine(p, self.rule)
 
-    def _member_batch(self, batch: np.ndarray, member: EmotionClassifier) -> np.ndarray:
+    def _member_batch(self, batch: np.ndarray, member: Classifier) -> np.ndarray:
         s, ms = self.spec, member.spec
         if (ms.dtype, ms.layout, ms.color, list(ms.size)) == ("uint8", "NHWC", s.color, list(s.size)):
             return batch

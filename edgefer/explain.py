@@ -25,20 +25,17 @@ heat lands on the pixels the classifier saw, rotation included.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cv2
 import numpy as np
 
 from .align import DEFAULT_CROP, face_affine
 from .artifact import ASSETS, BUNDLED, Artifact, load
+from .classifier import CAM_KEY, Classifier, cam_output  # noqa: F401  (CAM_KEY, cam_output: read here too)
+from .classify import EmotionClassifier
 from .errors import EdgeferError
-
-if TYPE_CHECKING:
-    from .classify import EmotionClassifier
-    from .pipeline import FrameResult
-
-CAM_KEY = "cam"
+from .results import FrameResult
 #: zoo architectures whose head has no exact in-graph CAM (flatten -> linear, or not linear after
 #: the pool), as measured by ``python -m edgefer.export.cam --list``; for them the advice is Grad-CAM
 NO_CAM_ARCHS = ("emotorch-baseline", "emotorch-enhanced-v2", "deep-emotion", "mobilenetv3-small")
@@ -47,14 +44,6 @@ ALPHA = 0.45
 # OpenCV's JET colour map as a 256-entry BGR table, built once: cv2.applyColorMap rebuilds its
 # table on every call (0.3-0.45 ms here, more than the rest of a small face's overlay)
 JET = cv2.applyColorMap(np.arange(256, dtype=np.uint8).reshape(256, 1), cv2.COLORMAP_JET).reshape(256, 3)
-
-
-def cam_output(manifest) -> str | None:
-    """Name of the CAM output a manifest declares (``extra.cam.output``), or None."""
-    entry = (manifest.extra or {}).get(CAM_KEY)
-    if isinstance(entry, dict) and entry.get("output"):
-        return str(entry["output"])
-    return None
 
 
 def cam_twin(art: Artifact) -> Artifact | None:
@@ -67,13 +56,11 @@ def cam_twin(art: Artifact) -> Artifact | None:
     return None
 
 
-def cam_classifier(ref: Any, backend: str = "auto", **backend_options: Any) -> "EmotionClassifier":
+def cam_classifier(ref: Any, backend: str = "auto", **backend_options: Any) -> EmotionClassifier:
     """A classifier that outputs CAMs: ``ref`` itself when it has the output, else its bundled twin.
 
     Raises a one-line :class:`EdgeferError` naming the export command when there is neither.
     """
-    from .classify import EmotionClassifier
-
     art = ref if isinstance(ref, Artifact) else load(ref, kind="classifier")
     if art.manifest.kind == "ensemble":
         raise EdgeferError(f"{art.describe()} is an ensemble: heatmaps come from single classifiers; "
@@ -177,7 +164,7 @@ def normalise(m: np.ndarray) -> np.ndarray:
     return (m - lo) / (hi - lo)
 
 
-def face_affines(classifier: "EmotionClassifier", boxes: np.ndarray, landmarks: np.ndarray | None) -> list[np.ndarray]:
+def face_affines(classifier: Classifier, boxes: np.ndarray, landmarks: np.ndarray | None) -> list[np.ndarray]:
     """The frame -> crop matrices the classifier used for each face (to warp heat back)."""
     return crop_affines(classifier.crop, classifier.spec.size, boxes, landmarks)
 
@@ -238,7 +225,7 @@ def overlay(image: np.ndarray, heat: np.ndarray, affine: np.ndarray, crop_size: 
     cv2.addWeighted(roi, 1.0 - alpha, painted, alpha, 0.0, dst=roi)
 
 
-def draw_heatmaps(image: np.ndarray, result: "FrameResult", alpha: float = ALPHA) -> np.ndarray:
+def draw_heatmaps(image: np.ndarray, result: FrameResult, alpha: float = ALPHA) -> np.ndarray:
     """Overlay every face's heatmap (faces carry ``heat``, ``affine``, ``crop_size``); returns BGR."""
     img = image if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     for f in result.faces:

@@ -26,7 +26,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .pipeline import FrameResult, Pipeline
+from .pipeline import Pipeline
+from .results import FrameResult
 from .sources import Frame, Source, hand_over, open_source
 from .stats import Stats
 

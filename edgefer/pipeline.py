@@ -20,10 +20,7 @@ from __future__ import annotations
 import copy
 import itertools
 import os
-import queue
-import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import cv2
@@ -33,48 +30,12 @@ from .artifact import DEFAULT_CLASSIFIER, DEFAULT_DETECTOR
 from .cadence import AdaptiveConfig, AdaptiveLoop
 from .classify import EmotionClassifier
 from .detect import Detections, FaceDetector
+from .explain import cam_classifier, face_affines, pick_maps
+from .results import Face, FrameResult  # noqa: F401  (the Python API: edgefer.pipeline.FrameResult)
 from .sources import Frame, Source, open_source
+from .staging import adaptive_ahead, detect_ahead
 from .stats import STAGES, Stats  # noqa: F401  (re-exported: the Python API reads pipe.stats)
 from .track import IoUTracker, iou_matrix
-
-
-@dataclass
-class Face:
-    box: list[float]
-    score: float
-    track: int
-    emotion: str
-    confidence: float
-    probs: dict[str, float]
-    landmarks: list[list[float]] | None = None
-    # --explain: the map of the labelled class in [0, 1] (crop coordinates, h x w), the
-    # frame -> crop affine it is warped back with, and the crop size (edgefer.explain)
-    heat: np.ndarray | None = field(default=None, repr=False)
-    affine: np.ndarray | None = field(default=None, repr=False)
-    crop_size: tuple[int, int] | None = None
-
-    def to_event(self) -> dict[str, Any]:
-        return {
-            "box": [round(v, 1) for v in self.box],
-            "score": round(self.score, 4),
-            "track": self.track,
-            "emotion": self.emotion,
-            "confidence": round(self.confidence, 4),
-            "probs": {k: round(v, 4) for k, v in self.probs.items()},
-        }
-
-
-@dataclass
-class FrameResult:
-    frame: int
-    time_s: float
-    faces: list[Face]
-    image: np.ndarray | None = None
-    name: str = ""
-    timings_ms: dict[str, float] = field(default_factory=dict)
-
-    def to_event(self) -> dict[str, Any]:
-        return {"frame": self.frame, "time_s": round(self.time_s, 4), "faces": [f.to_event() for f in self.faces]}
 
 
 class Pipeline:
@@ -130,8 +91,6 @@ class Pipeline:
             raise ValueError("detect_every must be >= 1")
         self.detector = FaceDetector(detector, backend=backend, **det_kw, **backend_options)
         if explain:
-            from .explain import cam_classifier
-
             self.classifier = cam_classifier(classifier, backend=backend, **backend_options)
         else:
             self.classifier = EmotionClassifier(classifier, backend=backend, **backend_options)
@@ -247,8 +206,6 @@ class Pipeline:
 
     def _place_maps(self, faces: list[Face], cams: np.ndarray, det: Detections) -> None:
         """Each face's map of its labelled class, and the affine that warps it back (``--explain``)."""
-        from .explain import face_affines, pick_maps
-
         shown = [self.classes.index(f.emotion) for f in faces]
         maps = pick_maps(cams, np.asarray(shown, np.int64))
         size = tuple(self.classifier.spec.size)
@@ -475,82 +432,6 @@ class Pipeline:
             timings["explain"] = (time.perf_counter() - t3) * 1e3
         return FrameResult(frame, time_s, faces, image=image, timings_ms=timings)
 
-    def _adaptive_ahead(self, frames: Iterator[Frame]) -> Iterator[tuple[Frame, Detections | None, float]]:
-        """Adaptive decisions in frame order on the caller's thread; only the detector runs on a worker.
-
-        Frame N is decided (and its detection started) before frame N-1 is yielded for
-        classification and tracking, so detection of N overlaps the rest of N-1 and the decision
-        sees the tracks as of N-2: a fixed lag, the same on every run whatever the threads' timing.
-        """
-        from concurrent.futures import ThreadPoolExecutor
-
-        ad = self.adaptive
-        assert ad is not None
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgefer-detect")
-        pending = None
-
-        def resolve(item):
-            fr, fut = item
-            if fut is None:
-                return fr, None, 0.0
-            det, ms = fut.result()
-            return fr, det, ms
-
-        try:
-            for fr in frames:
-                dec = ad.decide(fr.index, fr.image, self.tracker.live())
-                fut = pool.submit(self._detect_timed, fr.image, dec.size) if dec.detect else None
-                if pending is not None:
-                    yield resolve(pending)
-                pending = (fr, fut)
-            if pending is not None:
-                item, pending = pending, None
-                yield resolve(item)
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-
-    def _detect_ahead(self, frames: Iterator[Frame], depth: int = 2) -> Iterator[tuple[Frame, Detections | None, float]]:
-        """Run detection on a worker thread, one frame ahead of classification, in order."""
-        q: queue.Queue = queue.Queue(maxsize=depth)
-        stop = threading.Event()
-        failure: list[BaseException] = []
-
-        def worker():
-            try:
-                for fr in frames:
-                    if stop.is_set():
-                        break
-                    det, ms = self.detect(fr.image, fr.index)
-                    while not stop.is_set():
-                        try:
-                            q.put((fr, det, ms), timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-            except BaseException as e:  # surfaced on the consumer's thread
-                failure.append(e)
-            finally:
-                q.put(None)
-
-        th = threading.Thread(target=worker, name="edgefer-detect", daemon=True)
-        th.start()
-        try:
-            while True:
-                item = q.get()
-                if item is None:
-                    break
-                yield item
-            if failure:
-                raise failure[0]
-        finally:
-            stop.set()
-            try:
-                while True:
-                    q.get_nowait()
-            except queue.Empty:
-                pass
-            th.join(timeout=5)
-
     def run(self, source: Any, max_frames: int | None = None, **open_kw: Any) -> Iterator[FrameResult]:
         """Process a source (anything :func:`open_source` takes, or a :class:`Source`)."""
         src = source if isinstance(source, Source) else open_source(source, **open_kw)
@@ -572,9 +453,11 @@ class Pipeline:
             # would wait for frame N to be captured (a frame interval of latency), and with most
             # frames carried without the detector there is little to overlap
             staged = staged and not src.live
-            items = self._adaptive_ahead(frames) if staged else ((fr, None, None) for fr in frames)
+            ad = self.adaptive
+            items = (adaptive_ahead(frames, lambda fr: ad.decide(fr.index, fr.image, self.tracker.live()), self._detect_timed)
+                     if staged else ((fr, None, None) for fr in frames))
         else:
-            items = self._detect_ahead(frames) if staged else ((fr, None, None) for fr in frames)
+            items = detect_ahead(frames, self.detect) if staged else ((fr, None, None) for fr in frames)
         cv_threads = None
         if self.adaptive is not None and self.adaptive.cfg.cv_one_thread:
             # the loop's small OpenCV calls (flow on a few points, one gray copy, crops) gain no

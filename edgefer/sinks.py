@@ -21,7 +21,7 @@ from .errors import EdgeferError
 from .sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
 if TYPE_CHECKING:
-    from .pipeline import FrameResult
+    from .results import FrameResult
 
 log = logging.getLogger(__name__)
 

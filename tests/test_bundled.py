@@ -30,7 +30,7 @@ def test_default_is_edgenet_and_its_cam_twin_matches_it(publictest):
     """The default classifier is EdgeNet with the in-graph flip; its CAM twin gives the same
     probabilities, and a face and its mirror image get the same answer."""
     from edgefer.artifact import DEFAULT_CLASSIFIER
-    from edgefer.classify import resize_faces
+    from edgefer.align import resize_faces
 
     assert DEFAULT_CLASSIFIER == "edgenet" and load("default").manifest.name == "edgenet"
     assert load("edgenet").manifest.extra["tta"] == "flip" and "tta" not in (load("edgenet-fast").manifest.extra or {})
@@ -48,7 +48,7 @@ def test_bundled_edgenet_finds_its_checkpoint_for_torch_side_exports(publictest)
     checkpoint its manifest names (sha256-checked); it computes what the bundled graph computes."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("onnx")
-    from edgefer.classify import resize_faces
+    from edgefer.align import resize_faces
     from edgefer.export.source import bundled_torch_factory
 
     for name in ("edgenet", "edgenet-fast"):

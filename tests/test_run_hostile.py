@@ -258,7 +258,7 @@ def test_events_on_stdout_are_pure_json_lines_and_name_their_file(photos_dir, tm
 
 
 def test_events_are_standard_json_even_with_nan():
-    from edgefer.pipeline import Face, FrameResult
+    from edgefer.results import Face, FrameResult
     from edgefer.sinks import dumps
 
     r = FrameResult(0, 0.0, [Face([0, 0, 1, 1], float("nan"), 1, "happy", float("inf"), {"happy": float("nan")})])
@@ -281,7 +281,7 @@ def test_latency_histogram_percentiles_within_one_percent():
 
 
 def test_stats_memory_does_not_grow_with_frames():
-    from edgefer.pipeline import FrameResult
+    from edgefer.results import FrameResult
 
     st = Stats()
     r = FrameResult(0, 0.0, [], timings_ms={"decode": 1.0, "detect": 5.0, "classify": 2.0, "track": 0.1, "total": 8.0})
@@ -296,7 +296,7 @@ def test_stats_memory_does_not_grow_with_frames():
 
 def test_track_tally_is_bounded():
     from edgefer.commands.run import TrackTally
-    from edgefer.pipeline import Face, FrameResult
+    from edgefer.results import Face, FrameResult
 
     t = TrackTally(limit=64, top=10, stale=5)
     for i in range(5000):  # a crowd: a new track every frame, each seen for 3 frames

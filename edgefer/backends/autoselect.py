@@ -47,8 +47,11 @@ from typing import Any
 
 import numpy as np
 
+from .._version import __version__
 from ..artifact import Artifact, _norm, cache_dir, sha256_file
 from ..errors import EdgeferError
+from .base import check_threads
+from .registry import REGISTRY, construct
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +145,6 @@ def installed(name: str) -> bool:
 def runtime_version(name: str) -> str:
     """The version of the runtime behind backend ``name``, from package metadata where it can
     (no import), else from the imported module."""
-    from . import REGISTRY
-
     mod = RUNTIME_MODULE.get(name, name)
     for dist in (mod, f"{mod}-gpu", f"{mod}-openvino", f"{mod}-directml"):
         try:
@@ -181,12 +182,8 @@ def model_digest(art: Artifact) -> str:
 
 def cache_key(art: Artifact, candidates: list[str], options: dict[str, Any], probes: list[str]) -> tuple[str, dict[str, Any]]:
     """(id, key): what must match for a cached choice to hold on this run."""
-    from . import check_threads
-
     m = art.manifest
     opts = {k: _jsonable(v) for k, v in options.items() if k != "threads"}
-    from .. import __version__
-
     key = {
         "edgefer": f"{__version__}/{CACHE_VERSION}",  # how edgefer configures the runtimes may change
         "model": model_digest(art),
@@ -369,8 +366,6 @@ def decide(scores: dict[str, float], order: list[str], margin: float = MARGIN) -
 
 # ---------------------------------------------------------------------------- the choice
 def _construct(name: str, art: Artifact, options: dict[str, Any]) -> Any:
-    from . import _construct as construct
-
     return construct(name, art.manifest.target, art, options)
 
 
@@ -392,8 +387,6 @@ def _store(path: Path, key_id: str, entry: dict[str, Any]) -> bool:
 def select(art: Artifact, order: tuple[str, ...] | list[str], mode: str, options: dict[str, Any]) -> Any | None:
     """The backend ``auto`` runs ``art`` on, with ``info()["auto"]`` saying why; None when fewer
     than two candidates are installed (the caller then takes the first available, silently)."""
-    from . import REGISTRY
-
     target = art.manifest.target
     candidates = [c for c in order if target in REGISTRY[c][2] and installed(c)]
     if len(candidates) < 2:

@@ -30,7 +30,7 @@ Core ML decides per layer within what is allowed; ``all`` is usually fastest for
   runs. Needs an onnxruntime build with that provider: the macOS arm64 wheels on PyPI have it.
 
 Prediction needs macOS (Core ML framework); elsewhere ``_check_available`` says so, and
-``edgefer.export.coreml_export.inspect_package`` validates packages without running them.
+``edgefer.export.targets.coreml.inspect_package`` validates packages without running them.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from . import Backend
+from .base import Backend
 from ..errors import EdgeferError
 
 #: ``--device`` names -> coremltools ``ComputeUnit`` member names

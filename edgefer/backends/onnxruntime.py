@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from . import Backend
+from .base import Backend
 from ..errors import EdgeferError
 
 log = logging.getLogger(__name__)

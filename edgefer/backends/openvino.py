@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from . import Backend
+from .base import Backend
 from ..errors import EdgeferError
 
 log = logging.getLogger(__name__)

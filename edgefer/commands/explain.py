@@ -110,7 +110,7 @@ def explain(image, classifier, method, arch, target, detector, whole, backend, o
     """
     from ..explain import crop_affines, draw_heatmaps, normalise, where
     from ..align import crop_faces
-    from ..pipeline import Face, FrameResult
+    from ..results import Face, FrameResult
     from ..sinks import annotate
 
     frame = _read_image(image)

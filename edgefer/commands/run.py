@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import click
@@ -15,60 +14,13 @@ from ..backends import MAX_THREADS
 from ..errors import EdgeferError
 from ..stats import LatencyHistogram
 from ..sources import VIDEO_SUFFIXES
+from .summary import TrackTally, stream_summary
 
 #: the detector's input long side: below 32 px RetinaFace's coarsest anchors see nothing;
 #: above 4096 px one frame needs gigabytes of activations
 MIN_DET_SIZE, MAX_DET_SIZE = 32, 4096
 #: image/folder runs print one line per image; beyond this many only the last ones are kept
 MAX_IMAGE_LINES = 1000
-
-
-class TrackTally:
-    """Per-track emotion counts for the summary, in bounded memory on a run that never ends.
-
-    Tracks that ended (not seen for ``stale`` frames) are pruned when more than ``limit`` are
-    kept, except the ``top`` longest, so a crowd camera running for weeks keeps a fixed-size table.
-    """
-
-    def __init__(self, limit: int = 512, top: int = 10, stale: int = 100):
-        self.counts: dict[int, Counter] = {}
-        self.last_seen: dict[int, int] = {}
-        self.limit, self.top, self.stale = limit, top, stale
-        self.n = 0  # frames
-        self.tracks_seen = 0
-
-    def add(self, r) -> None:
-        self.n += 1
-        for f in r.faces:
-            c = self.counts.get(f.track)
-            if c is None:
-                c = self.counts[f.track] = Counter()
-                self.tracks_seen += 1
-            c[f.emotion] += 1
-            self.last_seen[f.track] = self.n
-        if len(self.counts) > self.limit:
-            keep = set(sorted(self.counts, key=lambda t: -sum(self.counts[t].values()))[: self.top])
-            for t in [t for t in self.counts if t not in keep and self.n - self.last_seen[t] > self.stale]:
-                del self.counts[t], self.last_seen[t]
-
-    def longest(self) -> list[int]:
-        return sorted(self.counts, key=lambda t: -sum(self.counts[t].values()))[: self.top]
-
-    def lines(self) -> list[str]:
-        out = []
-        for tid in self.longest():
-            c = self.counts[tid]
-            n = sum(c.values())
-            top = ", ".join(f"{e} {100 * k / n:.0f}%" for e, k in c.most_common(3))
-            out.append(f"track #{tid}: {n} frames: {top}")
-        if self.tracks_seen > len(out) and out:
-            out.append(f"({self.tracks_seen} tracks in all; the {len(out)} longest shown)")
-        return out
-
-    def summary(self) -> dict:
-        return {"count": self.tracks_seen,
-                "longest": [{"track": t, "frames": sum(self.counts[t].values()), "emotions": dict(self.counts[t])}
-                            for t in self.longest()]}
 
 
 def _ran_on(info: dict) -> str:
@@ -106,45 +58,6 @@ def _explain_cost(explain_ms: LatencyHistogram, stats, pipe) -> dict:
         "pct_of_frame": round(100.0 * per / frame_ms, 2) if frame_ms == frame_ms and frame_ms > 0 else None,
         "source": f"{pipe.classifier.backend.artifact.describe()} output {entry.get('output', 'cam')!r} ({entry.get('method', '?')})",
     }
-
-
-def stream_summary(src, pipe, tally: TrackTally, dropped: int | None = None) -> dict:
-    """The summary entries of one stream: counts, speed (fps and CPU ms per frame), decode errors,
-    latency percentiles, live latency and drops, tracks, and what the adaptive loop decided."""
-    stats = pipe.stats
-    cpu_ms = stats.cpu_ms_per_frame()
-    dropped = src.dropped if dropped is None else dropped
-    pct = stats.percentiles()
-    out = {
-        "source": src.describe(),
-        "frames": stats.frames,
-        "faces": stats.faces,
-        "fps": round(stats.fps(), 2),
-        "cpu_ms_per_frame": None if cpu_ms is None else round(cpu_ms, 3),
-        "dropped_frames": dropped,
-        "decode_errors": int(getattr(src, "decode_errors", 0) or 0),
-        "ended_early": bool(getattr(src, "ended_early", False)),
-        "latency_ms": {k: {kk: round(vv, 3) for kk, vv in v.items()} for k, v in pct.items()},
-        "tracks": tally.summary(),
-        "source_error": getattr(src, "error", None),
-    }
-    if hasattr(pipe, "adaptive_report"):
-        out["adaptive"] = pipe.adaptive_report()
-    if src.live and "total" in pct and src.fps:
-        interval = 1e3 / src.fps
-        offered = stats.frames + dropped
-        out["live"] = {
-            "source_fps": round(src.fps, 3),
-            "frame_interval_ms": round(interval, 3),
-            "latency_p50_ms": round(pct["total"]["p50"], 3),  # capture (or due time) to result
-            "latency_p99_ms": round(pct["total"]["p99"], 3),
-            "latency_p99_intervals": round(pct["total"]["p99"] / interval, 3),
-            "frames_offered": offered,
-            "dropped": dropped,
-            "dropped_pct": round(100.0 * dropped / offered, 2) if offered else 0.0,
-            "replayed_file": bool(getattr(src, "paced", False)),
-        }
-    return out
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -210,11 +123,13 @@ def run(ctx, source, camera, demo, output, events, display, max_frames, detector
       edgefer run clip.mp4 --explain --output explained.mp4
       edgefer run 0 1 rtsp://cam3/stream --events all.jsonl -o annotated/
     """
+    from ..explain import draw_heatmaps
     from ..outputs import OutputPath, check_outputs, write_text_atomic
     from ..pipeline import Pipeline
     from ..signals import Interrupted, StopOnSignal, signal_name
     from ..sinks import AnnotatedOutput, Display, EventWriter, annotate, dumps
     from ..sources import open_source
+    from .writes import close_all, write_frame
 
     quiet = (ctx.obj or {}).get("quiet", False) or quiet_flag
     for flag, v in (("--conf", conf_thresh), ("--smoothing", smoothing), ("--realtime-fps", realtime_fps)):
@@ -241,7 +156,7 @@ def run(ctx, source, camera, demo, output, events, display, max_frames, detector
                     detect_every=detect_every, adaptive=adaptive)
         code = run_many(list(source), output=output, events=events, summary_path=summary_path, display=display,
                         max_frames=max_frames, realtime=realtime_fps or realtime, quiet=quiet, show_fps=show_fps,
-                        pipeline_options=opts, say=say, summarize=stream_summary, tally_cls=TrackTally)
+                        pipeline_options=opts, say=say)
         if code:
             ctx.exit(code)
         return
@@ -302,42 +217,39 @@ def run(ctx, source, camera, demo, output, events, display, max_frames, detector
         stopped = False
         write_errors: list[str] = []
         explain_ms = LatencyHistogram()  # per frame: picking the maps (pipeline) + drawing them
+
+        def write(r) -> bool | None:
+            """This frame to every sink; False when the window was closed."""
+            nonlocal stopped
+            if ev:
+                ev.write(r)
+            if pub:
+                pub.publish_frame(r)
+            tally.add(r)
+            if src.kind in ("image", "folder"):
+                faces = ", ".join(f"{f.emotion} {f.confidence:.2f} [{', '.join(str(int(v)) for v in f.box)}]" for f in r.faces)
+                image_lines.append(f"{r.name}: {len(r.faces)} face{'s' if len(r.faces) != 1 else ''}" + (f": {faces}" if faces else ""))
+                if len(image_lines) > MAX_IMAGE_LINES:
+                    del image_lines[0]
+            if sink or win:
+                img = r.image.copy() if win and sink is None else r.image
+                if explain:
+                    t_draw = time.perf_counter()
+                    img = draw_heatmaps(img, r)
+                    explain_ms.add(r.timings_ms.get("explain", 0.0) + (time.perf_counter() - t_draw) * 1e3)
+                img = annotate(img, r, pipe.stats.fps() if show_fps else None)
+                if sink:
+                    sink.write(img, r)
+                if win and not win.show(img):
+                    stopped = True
+                    return False
+            if explain and not (sink or win):
+                explain_ms.add(r.timings_ms.get("explain", 0.0))
+            return True
+
         try:
             for r in pipe.run(src, max_frames=max_frames):
-                stop.busy = True  # a signal from here on finishes this frame, then stops
-                try:
-                    if ev:
-                        ev.write(r)
-                    if pub:
-                        pub.publish_frame(r)
-                    tally.add(r)
-                    if src.kind in ("image", "folder"):
-                        faces = ", ".join(f"{f.emotion} {f.confidence:.2f} [{', '.join(str(int(v)) for v in f.box)}]" for f in r.faces)
-                        image_lines.append(f"{r.name}: {len(r.faces)} face{'s' if len(r.faces) != 1 else ''}" + (f": {faces}" if faces else ""))
-                        if len(image_lines) > MAX_IMAGE_LINES:
-                            del image_lines[0]
-                    if sink or win:
-                        img = r.image.copy() if win and sink is None else r.image
-                        if explain:
-                            from ..explain import draw_heatmaps
-
-                            t_draw = time.perf_counter()
-                            img = draw_heatmaps(img, r)
-                            explain_ms.add(r.timings_ms.get("explain", 0.0) + (time.perf_counter() - t_draw) * 1e3)
-                        img = annotate(img, r, pipe.stats.fps() if show_fps else None)
-                        if sink:
-                            sink.write(img, r)
-                        if win and not win.show(img):
-                            stopped = True
-                            break
-                    if explain and not (sink or win):
-                        explain_ms.add(r.timings_ms.get("explain", 0.0))
-                except EdgeferError as e:  # a write error: stop, keep what was written, say it once
-                    write_errors.append(str(e))
-                    break
-                finally:
-                    stop.busy = False
-                if stop.requested:
+                if not write_frame(stop, write_errors, write, r):
                     break
                 now = time.perf_counter()
                 if live_status and now - last_status > 0.5:
@@ -351,13 +263,7 @@ def run(ctx, source, camera, demo, output, events, display, max_frames, detector
             stop.busy = True  # closing the sinks is not interrupted by a first signal
             if live_status:
                 click.echo("", err=True)
-            for closer in (sink, ev, win, pub):
-                if closer is None:
-                    continue
-                try:
-                    closer.close()
-                except EdgeferError as e:
-                    write_errors.append(str(e))
+            close_all((sink, ev, win, pub), write_errors)
         stopped = stopped or stop.requested
     stats = pipe.stats
     decode_fps = None

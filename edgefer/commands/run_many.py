@@ -18,11 +18,13 @@ import click
 
 from ..errors import EdgeferError
 from ..sources import VIDEO_SUFFIXES
+from .summary import TrackTally, stream_summary
+from .writes import close_all, write_frame
 
 
 def run_many(sources: list[str], *, output: str | None, events: str | None, summary_path: str | None,
              display: bool | None, max_frames: int | None, realtime: bool | float, quiet: bool, show_fps: bool | None,
-             pipeline_options: dict[str, Any], say, summarize, tally_cls) -> int:
+             pipeline_options: dict[str, Any], say) -> int:
     """Run every source through one :class:`~edgefer.multistream.MultiPipeline`; returns the exit code."""
     from ..multistream import MultiPipeline
     from ..outputs import OutputPath, check_outputs, write_text_atomic
@@ -64,26 +66,22 @@ def run_many(sources: list[str], *, output: str | None, events: str | None, summ
                 src.close()
             raise
         show = [(show_fps if show_fps is not None else src.live) for src in opened]
-        tallies = [tally_cls() for _ in opened]
+        tallies = [TrackTally() for _ in opened]
         write_errors: list[str] = []
         live_status = not quiet and sys.stderr.isatty()
         last_status = 0.0
+        def write(i: int, r) -> None:
+            """Stream ``i``'s frame to the events file, its tally and its video."""
+            if ev:
+                ev.write(r, stream=i)
+            tallies[i].add(r)
+            if sinks:
+                st = multi.streams[i].pipe.stats
+                sinks[i].write(annotate(r.image, r, st.fps() if show[i] else None), r)
+
         try:
             for i, r in multi.run(max_frames=max_frames):
-                stop.busy = True
-                try:
-                    if ev:
-                        ev.write(r, stream=i)
-                    tallies[i].add(r)
-                    if sinks:
-                        st = multi.streams[i].pipe.stats
-                        sinks[i].write(annotate(r.image, r, st.fps() if show[i] else None), r)
-                except EdgeferError as e:
-                    write_errors.append(str(e))
-                    break
-                finally:
-                    stop.busy = False
-                if stop.requested:
+                if not write_frame(stop, write_errors, write, i, r):
                     break
                 now = time.perf_counter()
                 if live_status and now - last_status > 0.5:
@@ -97,16 +95,10 @@ def run_many(sources: list[str], *, output: str | None, events: str | None, summ
             stop.busy = True
             if live_status:
                 click.echo("", err=True)
-            for closer in [*sinks, ev]:
-                if closer is None:
-                    continue
-                try:
-                    closer.close()
-                except EdgeferError as e:
-                    write_errors.append(str(e))
+            close_all([*sinks, ev], write_errors)
     per_stream = []
     for s, tally in zip(multi.streams, tallies):
-        entry = summarize(s.source, s.pipe, tally, dropped=multi.dropped(s.index))
+        entry = stream_summary(s.source, s.pipe, tally, dropped=multi.dropped(s.index))
         entry["stream"] = s.index
         entry["output"] = sinks[s.index].describe() if sinks else None
         err = s.feed.error
