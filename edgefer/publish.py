@@ -41,127 +41,36 @@ Needs paho-mqtt >= 2.0: ``pip install 'edgefer[mqtt]'``.
 
 from __future__ import annotations
 
-import os
-import re
 import socket
 import threading
 import time
 import uuid
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import replace
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 from .errors import EdgeferError
+from .extras import install_hint
+from .publish_target import (
+    DEFAULT_PORT,
+    DEFAULT_TLS_PORT,
+    MESSAGE_SCHEMA,
+    PASSWORD_ENV,
+    USERNAME_ENV,
+    MqttOptions,
+    MqttTarget,
+    check_topic,
+    parse_url,
+    topic_part,
+)
 
-USERNAME_ENV = "EDGEFER_MQTT_USERNAME"
-PASSWORD_ENV = "EDGEFER_MQTT_PASSWORD"
-DEFAULT_PORT, DEFAULT_TLS_PORT = 1883, 8883
+__all__ = ["DEFAULT_PORT", "DEFAULT_TLS_PORT", "MESSAGE_SCHEMA", "PASSWORD_ENV", "USERNAME_ENV", "MqttOptions",
+           "MqttPublisher", "MqttTarget", "check_topic", "parse_url", "topic_part"]
+
 #: messages handed to paho and not yet confirmed, at most: paho's own queues stay bounded too
 MAX_PENDING = 100
 #: tracks remembered for on_change (oldest forgotten first): bounded on a crowd camera running for weeks
 ON_CHANGE_TRACKS = 10_000
-
-_FACE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["box", "score", "track", "emotion", "confidence", "probs"],
-    "additionalProperties": False,
-    "properties": {
-        "box": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4},
-        "score": {"type": "number", "minimum": 0, "maximum": 1},
-        "track": {"type": "integer"},
-        "emotion": {"type": "string"},
-        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
-        "probs": {"type": "object", "minProperties": 1,
-                  "additionalProperties": {"type": "number", "minimum": 0, "maximum": 1}},
-    },
-}
-
-#: JSON Schema (draft 2020-12) of one MQTT message: an ``--events`` line plus device, stream, seq, ts
-MESSAGE_SCHEMA: dict[str, Any] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "title": "edgefer MQTT event",
-    "type": "object",
-    "required": ["device", "stream", "seq", "ts", "frame", "time_s", "faces"],
-    "properties": {
-        "device": {"type": "string", "minLength": 1},
-        "stream": {"type": "string"},
-        "seq": {"type": "integer", "minimum": 0},
-        "ts": {"type": "number"},
-        "frame": {"type": "integer", "minimum": 0},
-        "time_s": {"type": ["number", "null"]},
-        "file": {"type": "string"},
-        "faces": {"type": "array", "items": _FACE_SCHEMA},
-    },
-}
-
-
-def _install_hint() -> str:
-    return "pip install 'edgefer[mqtt]' (from a clone of the repository: pip install '.[mqtt]')"
-
-
-def _topic_part(value: str) -> str:
-    """A device or stream name as one topic level: no separators or wildcards."""
-    return re.sub(r"[/+#\x00]", "_", value) or "_"
-
-
-@dataclass
-class MqttTarget:
-    """Where to publish; ``repr`` and :meth:`url` never show the password."""
-
-    host: str
-    port: int
-    topic: str
-    tls: bool = False
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-
-    def url(self) -> str:
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}/{self.topic}"
-
-
-def parse_url(url: str) -> MqttTarget:
-    """``mqtt[s]://[user[:password]@]host[:port]/topic/levels`` -> :class:`MqttTarget`.
-
-    The topic may hold ``{device}`` and ``{stream}``, filled per message (one topic per box and
-    camera); it may not hold the wildcards ``+`` and ``#``, which are for subscribers.
-    """
-    if not isinstance(url, str) or "://" not in url:
-        raise EdgeferError(f"--publish needs mqtt://HOST[:PORT]/TOPIC, not {url!r}")
-    if "#" in url:  # urlsplit would read it as a fragment and drop it silently
-        raise EdgeferError("--publish: the topic has a wildcard (+ or #): those are for subscribers")
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as e:
-        raise EdgeferError(f"--publish: bad URL ({e})") from None
-    scheme = parts.scheme.lower()
-    if scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-        raise EdgeferError(f"--publish: unsupported scheme {scheme!r}: use mqtt:// or mqtts://")
-    tls = scheme in ("mqtts", "ssl")
-    host = parts.hostname
-    if not host:
-        raise EdgeferError("--publish: the URL names no host (mqtt://HOST[:PORT]/TOPIC)")
-    topic = unquote(parts.path.lstrip("/"))
-    if not topic:
-        raise EdgeferError("--publish: the URL names no topic (mqtt://HOST[:PORT]/TOPIC)")
-    if parts.query or parts.fragment:
-        raise EdgeferError("--publish: the URL takes no query or fragment; give options instead")
-    _check_topic(topic)
-    return MqttTarget(host=host, port=port or (DEFAULT_TLS_PORT if tls else DEFAULT_PORT), topic=topic, tls=tls,
-                      username=unquote(parts.username) if parts.username else None,
-                      password=unquote(parts.password) if parts.password is not None else None)
-
-
-def _check_topic(topic: str) -> None:
-    if "+" in topic or "#" in topic:
-        raise EdgeferError(f"--publish: topic {topic!r} has a wildcard (+ or #): those are for subscribers")
-    if "\x00" in topic or len(topic.encode("utf-8")) > 65535:
-        raise EdgeferError("--publish: the topic must be UTF-8 without NUL, at most 65535 bytes")
-    try:
-        topic.format(device="d", stream="s")
-    except (KeyError, IndexError, ValueError) as e:
-        raise EdgeferError(f"--publish: topic {topic!r}: only {{device}} and {{stream}} can be filled in ({e})") from None
 
 
 class MqttPublisher:
@@ -172,37 +81,21 @@ class MqttPublisher:
     publish through one publisher.
     """
 
-    def __init__(self, host: str, port: int = DEFAULT_PORT, topic: str = "edgefer/events", *, qos: int = 0,
-                 on_change: bool = False, device_id: str | None = None, tls: bool = False,
-                 ca_certs: str | None = None, certfile: str | None = None, keyfile: str | None = None,
-                 tls_insecure: bool = False, username: str | None = None, password: str | None = None,
-                 client_id: str | None = None, buffer: int = 1000, keepalive: int = 30,
-                 reconnect_min_s: float = 0.5, reconnect_max_s: float = 30.0, retain: bool = False):
+    def __init__(self, host: str, port: int = DEFAULT_PORT, topic: str = "edgefer/events",
+                 options: MqttOptions | None = None, **kw: Any):
+        """``options`` (or the same fields as keywords, which win: ``qos=1, buffer=500``) say how to
+        publish; see :class:`~edgefer.publish_target.MqttOptions`. Bad input raises
+        :class:`EdgeferError` before any connection is tried."""
+        o = replace(options or MqttOptions(), **kw)  # an unknown keyword is a TypeError, as for any call
         try:
             import paho.mqtt.client as mqtt
         except ModuleNotFoundError:
-            raise EdgeferError(f"--publish needs paho-mqtt, not installed here: {_install_hint()}") from None
-        if qos not in (0, 1, 2):
-            raise EdgeferError(f"MQTT QoS must be 0, 1 or 2, not {qos!r}")
-        if not isinstance(buffer, int) or isinstance(buffer, bool) or buffer < 1:
-            raise EdgeferError(f"the MQTT buffer must hold at least 1 message, not {buffer!r}")
-        if not 0 < reconnect_min_s <= reconnect_max_s:
-            raise EdgeferError("reconnect delays must satisfy 0 < min <= max")
-        _check_topic(topic)
-        for what, path in (("CA certificates", ca_certs), ("client certificate", certfile), ("client key", keyfile)):
-            if path is not None and not os.path.isfile(path):
-                raise EdgeferError(f"--publish: the {what} file {path} does not exist")
-        if (certfile is None) != (keyfile is None) and keyfile is not None:
-            raise EdgeferError("--publish: a client key needs its client certificate")
-        username = username if username is not None else os.environ.get(USERNAME_ENV) or None
-        password = password if password is not None else os.environ.get(PASSWORD_ENV) or None
-        if password is not None and username is None:
-            raise EdgeferError(f"--publish: a password needs a username ({USERNAME_ENV})")
-        tls = tls or bool(ca_certs or certfile)
-        self.target = MqttTarget(host, int(port), topic, tls, username, password)
-        self.qos, self.on_change, self.retain = qos, on_change, retain
-        self.device = device_id or socket.gethostname() or "edgefer"
-        self.buffer_size = buffer
+            raise EdgeferError(f"--publish needs paho-mqtt, not installed here: {install_hint('mqtt')}") from None
+        o = o.checked(topic)
+        self.target = MqttTarget(host, int(port), topic, o.tls, o.username, o.password)
+        self.qos, self.on_change, self.retain = o.qos, o.on_change, o.retain
+        self.device = o.device_id or socket.gethostname() or "edgefer"
+        self.buffer_size = o.buffer
 
         from .sinks import dumps  # imported here, not on the first frame (it loads OpenCV)
 
@@ -227,20 +120,20 @@ class MqttPublisher:
         self._publish_ms_total = 0.0
         self._publish_calls = 0
 
-        cid = client_id or f"edgefer-{_topic_part(self.device)[:40]}-{uuid.uuid4().hex[:8]}"
+        cid = o.client_id or f"edgefer-{topic_part(self.device)[:40]}-{uuid.uuid4().hex[:8]}"
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, clean_session=True)
-        if username is not None:
-            c.username_pw_set(username, password)
-        if tls:
+        if o.username is not None:
+            c.username_pw_set(o.username, o.password)
+        if o.tls:
             import ssl
 
             try:
-                c.tls_set(ca_certs=ca_certs, certfile=certfile, keyfile=keyfile, cert_reqs=ssl.CERT_REQUIRED)
+                c.tls_set(ca_certs=o.ca_certs, certfile=o.certfile, keyfile=o.keyfile, cert_reqs=ssl.CERT_REQUIRED)
             except (ssl.SSLError, OSError, ValueError) as e:
                 raise EdgeferError(f"--publish: cannot set up TLS: {e}") from None
-            if tls_insecure:
+            if o.tls_insecure:
                 c.tls_insecure_set(True)
-        c.reconnect_delay_set(reconnect_min_s, reconnect_max_s)
+        c.reconnect_delay_set(o.reconnect_min_s, o.reconnect_max_s)
         c.connect_timeout = 5.0
         c.max_inflight_messages_set(min(MAX_PENDING, 65535))
         c.on_connect = self._on_connect
@@ -249,7 +142,7 @@ class MqttPublisher:
         c.on_connect_fail = self._on_connect_fail
         self._client = c
         try:
-            c.connect_async(host, int(port), keepalive=keepalive)
+            c.connect_async(host, int(port), keepalive=o.keepalive)
         except (ValueError, OSError) as e:
             raise EdgeferError(f"--publish: cannot connect to {self.target.url()}: {e}") from None
         c.loop_start()  # paho's network thread: connects, reconnects with backoff, writes, reads acks
@@ -261,13 +154,15 @@ class MqttPublisher:
         """A publisher for ``mqtt[s]://[user[:pass]@]host[:port]/topic``; ``kw`` as for the constructor
         (options win over the URL's credentials, which win over the environment)."""
         t = parse_url(url)
-        if t.tls:
-            kw.setdefault("tls", True)
+        base = kw.pop("options", None) or MqttOptions()  # its unset fields take the URL's, like absent keywords
+        if t.tls and "tls" not in kw and not base.tls:
+            kw["tls"] = True
         if t.username is not None:
-            kw.setdefault("username", t.username)
-            if t.password is not None:
-                kw.setdefault("password", t.password)
-        return cls(t.host, t.port, t.topic, **kw)
+            if "username" not in kw and base.username is None:
+                kw["username"] = t.username
+            if t.password is not None and "password" not in kw and base.password is None:
+                kw["password"] = t.password
+        return cls(t.host, t.port, t.topic, base, **kw)
 
     def describe(self) -> str:
         auth = " (with credentials)" if self.target.username else ""
@@ -309,7 +204,7 @@ class MqttPublisher:
                **{k: v for k, v in event.items() if k not in ("device", "stream", "seq", "ts")}, "faces": faces}
         topic = self.target.topic
         if "{" in topic:
-            topic = topic.format(device=_topic_part(self.device), stream=_topic_part(stream))
+            topic = topic.format(device=topic_part(self.device), stream=topic_part(stream))
         with self._cond:
             if self._closing:
                 self._timed(t0)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from edgefer import bench as B
+from edgefer.artifact import load
 from edgefer.classes import FER2013
 
 from conftest import shared_file
@@ -205,7 +206,7 @@ def test_ensemble_row_and_explain_cost(tmp_path, small_test, videos_dir):
     validate(res)
     single, both = res["rows"]
     assert both["target"] == "ensemble" and both["status"] == "ok" and len(both["members"]) == 2
-    assert both["size_mb"] == pytest.approx(single["size_mb"] + B.artifact_size_mb(B.load(str(fp16))), abs=2e-3)
+    assert both["size_mb"] == pytest.approx(single["size_mb"] + B.artifact_size_mb(load(str(fp16))), abs=2e-3)
     # two near-identical members: the mean is the FP32 model to within FP16 noise
     assert abs(both["top1_drop"]) < 0.5 and both["agreement"] > 99
     assert single["explain_ms"] > 0 and 0 < single["explain_pct"] < 100 and both["explain_ms"] is None

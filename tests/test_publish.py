@@ -25,7 +25,7 @@ mqtt = pytest.importorskip("paho.mqtt.client", reason="paho-mqtt not installed (
 jsonschema = pytest.importorskip("jsonschema")
 
 from edgefer.errors import EdgeferError  # noqa: E402
-from edgefer.publish import MESSAGE_SCHEMA, MqttPublisher, parse_url  # noqa: E402
+from edgefer.publish import MESSAGE_SCHEMA, MqttOptions, MqttPublisher, parse_url  # noqa: E402
 
 MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
 pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto broker not installed (.ci/run installs it with apt-get)")
@@ -412,6 +412,32 @@ def test_bad_options_are_refused():
     t = parse_url("mqtts://u:p%40ss@broker.example:8884/a/b%20c")
     assert (t.host, t.port, t.topic, t.tls, t.username, t.password) == ("broker.example", 8884, "a/b c", True, "u", "p@ss")
     assert parse_url("mqtts://h/t").port == 8883 and parse_url("mqtt://h/t").port == 1883
+
+
+def test_options_object_and_keywords_agree(monkeypatch):
+    """The grouped options (MqttOptions) and the keywords are one thing: keywords win over the object,
+    the URL fills only what neither set, the password stays out of every repr, an unknown option is a TypeError."""
+    monkeypatch.delenv("EDGEFER_MQTT_USERNAME", raising=False)
+    monkeypatch.delenv("EDGEFER_MQTT_PASSWORD", raising=False)
+    with pytest.raises(EdgeferError, match="QoS"):
+        MqttPublisher("127.0.0.1", 1, "t", MqttOptions(qos=3))
+    with pytest.raises(EdgeferError, match="a password needs a username"):
+        MqttPublisher("127.0.0.1", 1, "t", MqttOptions(password="s3cret"))
+    with pytest.raises(TypeError):
+        MqttPublisher("127.0.0.1", 1, "t", no_such_option=1)
+    opts = MqttOptions(qos=2, buffer=7, username="opt-user", password="s3cret", device_id="box")
+    assert "s3cret" not in repr(opts)
+    pub = MqttPublisher.from_url("mqtt://url-user:url-pass@127.0.0.1:1/t", options=opts, qos=1, reconnect_min_s=0.1)
+    try:
+        assert (pub.qos, pub.buffer_size, pub.device, pub.target.username) == (1, 7, "box", "opt-user")
+        assert "s3cret" not in repr(pub.target) and "s3cret" not in pub.describe()
+    finally:
+        pub.close(timeout=0.2)
+    plain = MqttPublisher.from_url("mqtt://url-user:url-pass@127.0.0.1:1/t", reconnect_min_s=0.1)
+    try:
+        assert (plain.target.username, plain.target.password) == ("url-user", "url-pass")
+    finally:
+        plain.close(timeout=0.2)
 
 
 def test_edgefer_run_publish_end_to_end(broker_factory, videos_dir, tmp_path):

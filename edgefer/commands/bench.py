@@ -44,6 +44,9 @@ def _batches(value: str) -> list[int]:
 @click.option("--calib", type=click.Path(), default=None, help="Calibration faces for INT8 exports.")
 @click.option("--calib-size", type=click.IntRange(min=1), default=300, show_default=True)
 @click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
+@click.option("--through-detector", "through", is_flag=True,
+              help="With --data: also score each face pasted into a frame, found by the detector and cropped as `run` crops it.")
+@click.option("--through-sizes", default="64,112,192", show_default=True, help="Pasted face sizes (px) for --through-detector.")
 @click.option("--video", type=click.Path(), default=None, help="Also time the full detect -> classify loop on this file.")
 @click.option("--video-frames", type=click.IntRange(min=0), default=300, show_default=True, help="Frames of --video (0: all).")
 @click.option("--explain", is_flag=True, help="With --video: run the loop with CAM heatmaps and report their cost per frame.")
@@ -62,7 +65,7 @@ def _batches(value: str) -> list[int]:
               help="Exit 1 when an FP16 or INT8 row loses more than P top-1 points against FP32.")
 @click.pass_context
 def bench(ctx, model, arch, detector, targets, precisions, artifacts, data, data_usage, data_size, calib, calib_size,
-          calib_method, video, video_frames, explain, batch, threads, min_seconds, repeats, workdir, json_path, csv_path, plot_path, max_drop):
+          calib_method, through, through_sizes, video, video_frames, explain, batch, threads, min_seconds, repeats, workdir, json_path, csv_path, plot_path, max_drop):
     """Measure latency, FPS and the accuracy lost to FP16/INT8 on every installed runtime.
 
     \b
@@ -79,6 +82,15 @@ def bench(ctx, model, arch, detector, targets, precisions, artifacts, data, data
     quiet = bool((ctx.obj or {}).get("quiet"))
     if explain and not video:
         raise EdgeferError("--explain measures the cost of heatmaps in the video loop: pass --video too")
+    if through and not data:
+        raise EdgeferError("--through-detector scores labelled faces through the detector: pass --data too")
+    try:
+        sizes = [int(v) for v in through_sizes.split(",") if v.strip()] if through else []
+    except ValueError:
+        sizes = [0]
+    if through and (not sizes or any(not 32 <= v <= 320 for v in sizes)):
+        raise EdgeferError(f"--through-sizes must be a comma list of 32-320 px (a 640x480 frame with its margin), "
+                           f"not {through_sizes!r}")
     if max_drop is not None and not data:
         raise EdgeferError("--max-drop needs --data (labeled faces) to measure the drop")
     for p, what in ((data, "--data"), (calib, "--calib"), (video, "--video")):
@@ -89,7 +101,7 @@ def bench(ctx, model, arch, detector, targets, precisions, artifacts, data, data
         precisions=_csv_list(precisions, B.PRECISIONS, "--precisions"), artifacts=list(artifacts), data=data,
         data_usage=data_usage, data_size=data_size, calib=calib, calib_size=calib_size, calib_method=calib_method,
         arch=arch, video=video, video_frames=video_frames or None, explain=explain, batches=_batches(batch), threads=threads or None,
-        min_seconds=min_seconds, repeats=repeats, workdir=workdir,
+        min_seconds=min_seconds, repeats=repeats, workdir=workdir, through_sizes=sizes,
         progress=not quiet,  # a bar on a terminal, plain lines in a log (edgefer.progress)
     )
 
