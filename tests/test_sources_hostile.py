@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edgefer import sources
+from edgefer import capture as sources  # the reader and its recovery budget (split out of edgefer.sources)
 from edgefer.errors import EdgeferError
 from edgefer.sources import Frame, image_size, load_image, open_source
 

@@ -216,7 +216,8 @@ for name, key in (("retinaface-mnet025", "det"), ("edgenet", "cls"), ("edgenet-f
             for i, o in enumerate(b.run(x[k])):
                 out[f"{name}/{k}/{i}"] = o
 import cv2
-cap = cv2.VideoCapture(sys.argv[3])  # the decoder edgefer uses for files (OpenCV's bundled FFmpeg)
+from edgefer.capture import open_video_file
+cap = open_video_file(sys.argv[3])  # the decoder edgefer uses for files (PyAV + edgefer.avdecode's integer YUV->BGR)
 frames = []
 while len(frames) < 30:
     ok, f = cap.read()
