@@ -15,11 +15,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest import shared_file  # noqa: E402
+from conftest import shared_file
+from edgefer.train import data as tdata
+from edgefer.train.engine import TrainConfig, metrics_from, train
 
-from edgefer.classes import FER2013, FERPLUS, canonical  # noqa: E402
-from edgefer.train import data as tdata  # noqa: E402
-from edgefer.train.engine import TrainConfig, metrics_from, train  # noqa: E402
+from edgefer.classes import FER2013, FERPLUS, canonical
 
 
 @pytest.fixture(scope="module")
@@ -253,10 +253,10 @@ def test_cli_errors_are_one_line(tmp_path, small_sets, capsys):
 
 def test_init_starts_from_given_weights(tmp_path, small_sets, capsys):
     import torch
-
-    from edgefer.cli import main
     from edgefer.train import zoo
     from edgefer.train.checkpoint import load_state_dict
+
+    from edgefer.cli import main
 
     tr, va = small_sets
     torch.manual_seed(123)
@@ -284,8 +284,9 @@ def test_flip_tta_is_selected_on_and_exported_in_the_graph(tmp_path, small_sets)
     """--tta flip: validation scores the mean of face and mirror; the sidecar says so; export puts
     the flip in the ONNX graph, whose accuracy is the one the run recorded."""
     ort = pytest.importorskip("onnxruntime")
-    from edgefer.cli import main
     from edgefer.train.checkpoint import read_sidecar
+
+    from edgefer.cli import main
 
     tr, va = small_sets
     cfg = TrainConfig(arch="edgenet", data=str(tr), val=str(va), out=str(tmp_path / "run"), epochs=2, batch=64,
@@ -327,8 +328,9 @@ def test_distillation_learns_the_teacher_not_the_labels(tmp_path, small_sets, pt
     'angry'; a teacher that does not see what the student sees is refused in one line."""
     from pathlib import Path
 
-    from edgefer.errors import EdgeferError
     from edgefer.train.engine import load_trained
+
+    from edgefer.errors import EdgeferError
 
     teacher = Path(__file__).resolve().parents[1] / "train" / "runs" / "edgenet-fer2013-s4" / "best.pth"
     if not teacher.is_file():
@@ -370,3 +372,259 @@ def test_distillation_learns_the_teacher_not_the_labels(tmp_path, small_sets, pt
     (bad / "best.pth.json").write_text(json.dumps({**info, "input": {**info["input"], "size": [64, 64]}}))
     with pytest.raises(EdgeferError, match="input"):
         train(TrainConfig(out=str(tmp_path / "y"), teacher=str(bad / "best.pth"), **{**common, "epochs": 1}))
+
+
+# ----------------------------------------------------------------------------- issue 15: selection protocol
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+S4 = REPO / "train" / "runs" / "edgenet-fer2013-s4" / "best.pth"
+S5 = REPO / "train" / "runs" / "edgenet-fer2013-s5" / "best.pth"
+
+
+def need(path):
+    if not path.is_file():
+        pytest.skip(f"{path} not in this checkout")
+    return path
+
+
+FAST = dict(arch="edgenet", epochs=1, batch=64, threads=1, quiet=True, warmup=0.0)
+
+
+def test_carve_is_stratified_disjoint_reproducible_and_recorded(tmp_path, small_sets):
+    """No --val: a class-stratified carve of the training data selects; same data + seed, same faces;
+    the split is recorded (size, seed, sha256 of the sorted rows) in metrics.json and the sidecar;
+    FERPlus votes do not change which faces are held out."""
+    from edgefer.train.checkpoint import read_sidecar
+
+    tr, _ = small_sets
+    ds = tdata.load_raw(tr)
+    a_tr, a_va, rec = tdata.carve(ds, 0.1, 15)
+    b_tr, b_va, rec2 = tdata.carve(tdata.load_raw(tr), 0.1, 15)
+    assert rec == rec2 and np.array_equal(a_va.rows, b_va.rows)
+    assert not set(a_tr.rows.tolist()) & set(a_va.rows.tolist()) and len(a_tr) + len(a_va) == len(ds)
+    counts = np.bincount(ds.labels, minlength=7)
+    picked = tdata.carve_indices(ds.labels, 7, 0.1, 15)
+    assert np.bincount(ds.labels[picked], minlength=7).tolist() == [int(round(c * 0.1)) for c in counts]
+    assert a_va.class_counts() == rec["class_counts"] and rec["duplicates_moved"] == len(a_va) - len(picked)
+    assert rec["rows_sha256"] == tdata.indices_digest(a_va.rows) and rec["size"] == len(a_va) == 42
+    # pixel-identical copies of a carved face go to the carve with it: no validation face is a training face
+    imgs = ds.images.copy()
+    imgs[[i for i in range(len(ds)) if i not in set(picked.tolist())][:5]] = ds.images[picked[:5]]
+    dup = tdata.Dataset(imgs, ds.labels.copy(), list(ds.classes))
+    d_tr, d_va, d_rec = tdata.carve(dup, 0.1, 15)
+    assert d_rec["duplicates_moved"] == 5 and len(d_va) == 47
+    assert not {im.tobytes() for im in d_va.images} & {im.tobytes() for im in d_tr.images}
+    assert not np.array_equal(tdata.carve(ds, 0.1, 16)[1].rows, a_va.rows)  # the seed matters
+    soft = tdata.load_raw(tr, soft="ferplus")  # votes attached, nothing dropped yet
+    assert np.array_equal(tdata.carve(soft, 0.1, 15)[1].rows, a_va.rows)
+
+    doc = train(TrainConfig(data=str(tr), out=str(tmp_path / "r"), **FAST))
+    side = read_sidecar(tmp_path / "r" / "best.pth")
+    for sel in (doc["selected_on"], side["selected_on"]):
+        assert sel["kind"] == "carved" and sel["seed"] == 15 and sel["fraction"] == 0.1
+        assert sel["rows_sha256"] == rec["rows_sha256"] and sel["size"] == 42 and sel["train_size"] == 350
+    assert doc["data"]["val"]["count"] == 42 and doc["data"]["train"]["count"] == 350
+    assert doc["config"]["split_seed"] == 15 and doc["config"]["val_split"] == 0.1
+
+
+def test_test_split_as_val_warns_and_is_recorded(tmp_path, small_sets, pt, capsys):
+    from edgefer.cli import main
+
+    tr, _ = small_sets
+    test = write_npz(tmp_path / "publictest_slice.npz", pt, per_class(pt["labels"], 3, 40))
+    assert main(["-q", "train", "--arch", "edgenet", "--data", str(tr), "--val", str(test), "--epochs", "1",
+                 "--limit", "64", "--threads", "1", "-o", str(tmp_path / "w")]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(err) == 1 and "looks like a test split" in err[0] and "--report" in err[0]
+    sel = json.loads((tmp_path / "w" / "metrics.json").read_text())["selected_on"]
+    assert sel["kind"] == "external" and sel["test_like"] and sel["path"] == str(test)
+    # image names give PublicTest away even under another file name; a plain validation file does not warn
+    np.savez(tmp_path / "holdout.npz", images=pt["images"][:21], labels=pt["labels"][:21], classes=np.array(FER2013),
+             names=np.array([f"PublicTest_{i}.jpg" for i in range(21)]))
+    assert main(["-q", "train", "--arch", "edgenet", "--data", str(tr), "--val", str(tmp_path / "holdout.npz"),
+                 "--epochs", "1", "--limit", "64", "--threads", "1", "-o", str(tmp_path / "n")]) == 0
+    assert "image names" in capsys.readouterr().err
+    _, va = small_sets
+    assert main(["-q", "train", "--arch", "edgenet", "--data", str(tr), "--val", str(va), "--epochs", "1",
+                 "--limit", "64", "--threads", "1", "-o", str(tmp_path / "v")]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_report_command_matches_the_measure_path(tmp_path, pt):
+    """`edgefer train report` on the committed stage-5 EdgeNet gives the top-1 the ONNX measure path
+    (python -m edgefer.train.measure) gives on the same PublicTest faces."""
+    from edgefer.train import measure
+    from edgefer.train.engine import load_trained
+
+    from edgefer.cli import main
+
+    ckpt = need(S5)
+    data = write_npz(tmp_path / "slice.npz", pt, np.arange(600), votes=False, csv_row=False)
+    assert main(["-q", "train", "report", str(ckpt), "--data", str(data), "--json", str(tmp_path / "r.json"),
+                 "--threads", "1"]) == 0
+    res = json.loads((tmp_path / "r.json").read_text())["results"][0]
+    model, side = load_trained(ckpt)
+    onnx = measure.export_model("edgenet", model, tmp_path / "m.onnx")
+    ref = measure.publictest_top1(onnx, side["classes"], data)
+    assert ref["images"] == res["images"] == 600 and res["all_model_classes"]
+    assert res["scores"]["single"]["top1"] == pytest.approx(ref["top1"], abs=1e-9)
+    assert "flip" not in res["scores"]  # s5 is a one-pass model
+    cm = np.asarray(res["scores"]["single"]["confusion"])
+    assert cm.sum() == 600 and np.trace(cm) / 600 == pytest.approx(ref["top1"])
+
+
+def test_report_scores_a_subset_set_on_shared_classes(tmp_path, pt):
+    """A 6-class set (no neutral, names spelled its own way, another order) is scored on the shared
+    classes, argmax over them; a class the model lacks is left out and counted; flip-TTA
+    checkpoints are reported with and without the mirror."""
+    from edgefer.train.engine import load_trained
+    from edgefer.train.report import report_checkpoint
+
+    ckpt = need(S4)
+    idx = per_class(pt["labels"], 10)
+    labels = pt["labels"][idx]
+    keep = labels != FER2013.index("neutral")
+    names6 = ["surprised", "sadness", "happiness", "fearful", "disgusted", "anger"]
+    to6 = {FER2013.index(canonical(n)): i for i, n in enumerate(names6)}
+    lab6 = np.asarray([to6[v] for v in labels[keep]])
+    np.savez(tmp_path / "posed6.npz", images=pt["images"][idx][keep], labels=lab6, classes=np.array(names6))
+    # the same faces plus 5 labelled with a class the model does not have
+    np.savez(tmp_path / "extra.npz", images=np.concatenate([pt["images"][idx][keep], pt["images"][:5]]),
+             labels=np.concatenate([lab6, [6] * 5]), classes=np.array(names6 + ["contempt"]))
+    r6, rx = report_checkpoint(ckpt, [str(tmp_path / "posed6.npz"), str(tmp_path / "extra.npz")], threads=1)
+    model, side = load_trained(ckpt)
+    x = (torch.from_numpy(pt["images"][idx][keep]).float()[:, None] - 128.0) / 64.0
+    with torch.no_grad():
+        p = torch.softmax(model(x), 1).numpy()
+        pf = (p + torch.softmax(model(torch.flip(x, [3])), 1).numpy()) / 2
+    shared = [i for i, c in enumerate(FER2013) if c != "neutral"]
+    truth = np.asarray([shared.index(FER2013.index(canonical(names6[v]))) for v in lab6])
+    assert r6["classes"] == [c for c in FER2013 if c != "neutral"] and not r6["all_model_classes"]
+    assert r6["images"] == 60
+    assert r6["scores"]["single"]["top1"] == pytest.approx(float((p[:, shared].argmax(1) == truth).mean()))
+    assert r6["scores"]["flip"]["top1"] == pytest.approx(float((pf[:, shared].argmax(1) == truth).mean()))
+    # argmax over all 7 would differ wherever the model says neutral: the shared-class rule is what is measured
+    assert (p.argmax(1) == FER2013.index("neutral")).any()
+    assert rx["left_out"] == {"contempt": 5} and rx["images"] == 60
+    assert rx["scores"]["single"]["top1"] == r6["scores"]["single"]["top1"]
+
+
+def test_report_after_training_and_never_selects(tmp_path, small_sets):
+    from edgefer.train.checkpoint import read_sidecar
+
+    tr, va = small_sets
+    doc = train(TrainConfig(data=str(tr), limit=128, report=[str(va)], out=str(tmp_path / "r"), **FAST))
+    side = read_sidecar(tmp_path / "r" / "best.pth")
+    assert doc["selected_on"]["kind"] == "carved"
+    assert side["report"] == doc["report"] and doc["report"][0]["data"] == str(va)
+    assert doc["report"][0]["images"] == len(np.load(va)["labels"])
+
+
+# ----------------------------------------------------------------------------- issue 15: levers
+def test_class_weights_and_focal_loss():
+    from edgefer.train.engine import class_weight_vector, label_loss
+
+    counts = [3995, 436, 4097, 7215, 4830, 3171, 4965]
+    eff = class_weight_vector(counts, "effective", 0.999)
+    bal = class_weight_vector(counts, "balanced")
+    assert eff.sum() == pytest.approx(7) and bal.sum() == pytest.approx(7)
+    want = (1 - 0.999) / (1 - 0.999 ** np.asarray(counts, float))
+    np.testing.assert_allclose(eff, want * 7 / want.sum())
+    assert 2.5 < eff[1] / eff[3] < 3 and bal[1] / bal[3] == pytest.approx(7215 / 436)  # effective is gentler
+    logits = torch.tensor([[4.0, 0.0], [0.0, 0.3]])
+    t = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    ce = TrainConfig(arch="edgenet", data="")
+    focal = TrainConfig(arch="edgenet", data="", loss="focal", focal_gamma=2.0)
+    per_ce = -torch.log_softmax(logits, 1)[:, 0]
+    p = torch.softmax(logits, 1)[:, 0]
+    assert float(label_loss(logits, t, False, ce)) == pytest.approx(float(per_ce.mean()))
+    assert float(label_loss(logits, t, False, focal)) == pytest.approx(float(((1 - p) ** 2 * per_ce).mean()))
+    w = torch.tensor([1.0, 3.0])
+    t2 = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    per2 = -(t2 * torch.log_softmax(logits, 1)).sum(1)
+    assert float(label_loss(logits, t2, False, ce, w)) == pytest.approx(float((per2 * w).mean()))
+
+
+def test_ferplus_votes_onto_fer2013_classes(tmp_path, small_sets):
+    from edgefer.train.checkpoint import read_sidecar
+
+    s8 = np.zeros((3, 8), np.float32)
+    s8[0, [1, 7]] = [0.5, 0.5]   # happiness + contempt -> all happy
+    s8[1, 7] = 1.0               # contempt only: nothing left, dropped
+    s8[2, [0, 4]] = [0.25, 0.75]  # neutral + anger
+    keep, s7 = tdata.ferplus_to_fer2013(s8)
+    assert keep.tolist() == [True, False, True]
+    assert s7[0, FER2013.index("happy")] == 1.0
+    assert s7[2, FER2013.index("neutral")] == 0.25 and s7[2, FER2013.index("angry")] == 0.75
+    tr, _ = small_sets
+    train(TrainConfig(data=str(tr), soft_labels="ferplus", soft_classes="fer2013", limit=192,
+                      out=str(tmp_path / "s7"), **FAST))
+    side = read_sidecar(tmp_path / "s7" / "best.pth")
+    assert side["classes"] == list(FER2013) and side["build"]["num_classes"] == 7
+    assert side["data"]["train"]["soft_classes"] == "fer2013"
+    assert side["data"]["val"].get("soft_labels") is None  # validated on the data's own labels
+
+
+def test_focal_balanced_real_aug_and_swa_run_and_record(tmp_path, small_sets):
+    """One epoch with focal loss, effective-number class weights, the camera augmentation preset and
+    SWA: the config records each lever, SWA's averaged weights are evaluated on the carve."""
+    from edgefer.train.checkpoint import read_sidecar
+
+    from edgefer.cli import main
+
+    tr, _ = small_sets
+    assert main(["-q", "train", "--arch", "edgenet", "--data", str(tr), "--limit", "192", "--epochs", "2",
+                 "--batch", "64", "--threads", "1", "--loss", "focal", "--focal-gamma", "1.5", "--class-weights",
+                 "effective", "--aug", "real", "--blur", "0.9", "--swa-start", "1", "--swa-lr", "1e-3",
+                 "-o", str(tmp_path / "l")]) == 0
+    doc = json.loads((tmp_path / "l" / "metrics.json").read_text())
+    c = doc["config"]
+    assert (c["loss"], c["focal_gamma"], c["class_weights"], c["aug"]) == ("focal", 1.5, "effective", "real")
+    assert c["blur"] == 0.9 and c["jpeg"] == 0.3 and c["rotate"] == 15.0  # explicit flag wins over the preset
+    assert c["swa_start"] == 1 and c["swa_lr"] == 1e-3
+    assert [h["swa_models"] for h in doc["history"]] == [1, 2]
+    assert all(0 <= h["swa_val_top1"] <= 1 for h in doc["history"])
+    assert doc["history"][1]["lr"] == pytest.approx(1e-3)
+    side = read_sidecar(tmp_path / "l" / "best.pth")
+    assert side["weights"] in ("raw", "swa") and side["training"]["loss"] == "focal"
+    if side["weights"] == "swa":
+        i = side["metrics"]["epoch"] - 1
+        assert side["metrics"]["val_top1"] == doc["history"][i]["swa_val_top1"]
+
+
+def test_camera_augmentation_changes_pixels_only_when_on(pt):
+    from edgefer.train.engine import camera
+
+    x = torch.from_numpy(pt["images"][:16]).float()[:, None]
+    off = TrainConfig(arch="edgenet", data="")
+    state = torch.random.get_rng_state()
+    assert torch.equal(camera(x, off), x)
+    assert torch.equal(torch.random.get_rng_state(), state)  # off draws nothing: older recipes reproduce
+    for k in ("downscale", "blur", "gamma", "noise", "jpeg"):
+        y = camera(x, TrainConfig(arch="edgenet", data="", **{k: 1.0}))
+        assert y.shape == x.shape and float(y.min()) >= 0 and float(y.max()) <= 255
+        assert float((y - x).abs().mean()) > 0.5, k
+
+
+def test_ensemble_teacher_averages_and_records(tmp_path, small_sets):
+    """Two teachers (the committed stage-4 with its flip, stage-5 without): the student learns
+    from the mean of their probabilities; both are recorded."""
+    from edgefer.train.engine import load_trained, saw_validation, teacher_probs
+
+    t4, t5 = need(S4), need(S5)
+    tr, _ = small_sets
+    doc = train(TrainConfig(data=str(tr), limit=128, teacher=[str(t4), str(t5)], distill=0.7,
+                            out=str(tmp_path / "kd"), **FAST))
+    assert doc["config"]["teacher"] == [str(t4), str(t5)] and doc["config"]["distill"] == 0.7
+    m4, s4 = load_trained(t4)
+    m5, _ = load_trained(t5)
+    x = (torch.from_numpy(np.load(tr)["images"][:8]).float()[:, None] - 128.0) / 64.0
+    with torch.no_grad():
+        got = teacher_probs([(m4, "flip"), (m5, None)], x, 2.0)
+        p4 = (torch.softmax(m4(x) / 2, 1) + torch.softmax(m4(torch.flip(x, [3])) / 2, 1)) / 2
+        want = (p4 + torch.softmax(m5(x) / 2, 1)) / 2
+    torch.testing.assert_close(got, want)
+    # the bundled EdgeNets were trained on all of train.npz: on a carve of that file they have seen the validation faces
+    carved = {"kind": "carved", "data_sha256": s4["data"]["train"]["sha256"], "rows_sha256": "sha256:x"}
+    assert saw_validation(s4, carved)
+    assert saw_validation({**s4, "selected_on": {"kind": "carved", "rows_sha256": "sha256:x"}}, carved) is None
+    assert saw_validation(s4, {**carved, "data_sha256": "sha256:other"}) is None

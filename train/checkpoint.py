@@ -17,6 +17,12 @@ A trained model is two files:
     metrics     {"val_top1": .., "val_macro_f1": .., "epoch": .., ...} of these weights
     data        {"train": {...}, "val": {...}} provenance: path, kind, usage, sha256, count,
                 class counts, soft labels
+    selected_on what chose these weights (best epoch): {"kind": "carved", "fraction", "seed",
+                "size", "train_size", "class_counts", "rows_sha256" (sha256 of the sorted
+                file rows held out), "data_sha256"} or {"kind": "external", "path",
+                "test_like", ...}; "warnings" when an --init / --teacher had seen those faces
+    report      (optional) final scores on --report sets, never used to select
+                (:mod:`edgefer.train.report`)
     command     the command line that trained it
     training    the full training configuration
     created     ISO 8601 time; "torch": torch version; "weights": "ema" | "raw"

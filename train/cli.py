@@ -13,17 +13,20 @@ from edgefer.errors import EdgeferError
 
 EPILOG = """\b
 Examples:
-  edgefer train --arch edgenet --data fer2013.csv -o runs/edgenet
-  edgefer train --arch edgenet --data train.npz --val publictest.npz --epochs 80 --ema --mixup 0.2
+  edgefer train --arch edgenet --data fer2013.csv -o runs/edgenet      # a 10% stratified carve selects
+  edgefer train --arch edgenet --data train.npz --report publictest.npz --epochs 80 --ema --mixup 0.2
+  edgefer train --arch edgenet --data train.npz --aug real --loss focal --class-weights effective --swa-start 50
+  edgefer train report runs/edgenet/best.pth --data publictest.npz --data posed6.npz --json report.json
   edgefer train --arch edgenet --data fer2013.csv --soft-labels ferplus      # FERPlus votes, 8 classes
   edgefer train --arch resnet18 --data RAF-DB/basic --balanced
   edgefer train --resume runs/edgenet/last.pt                                # continue a stopped run
   edgefer export runs/edgenet/best.pth --target onnx                         # arch, classes from the sidecar
 
 \b
-Data: fer2013.csv (Training rows; PublicTest rows validate unless --val), a folder of class
-folders (or a Kaggle root with train/ and test/), an .npz (images, labels[, classes]), or
-RAF-DB's basic layout (EmoLabel/list_patition_label.txt + Image/aligned/).
+Data: fer2013.csv (Training rows), a folder of class folders (or a Kaggle root with train/ and
+test/), an .npz (images, labels[, classes]), or RAF-DB's basic layout
+(EmoLabel/list_patition_label.txt + Image/aligned/). The model is selected (best epoch) on a
+class-stratified carve of the training data (--val-split, --split-seed); test sets go to --report.
 Writes to -o DIR: best.pth (plain state dict) + best.pth.json (sidecar: arch, classes, input,
 metrics, data provenance, command), last.pt (resume), metrics.json, log.txt, command.txt,
 curves.png, confusion.png.
@@ -36,10 +39,33 @@ def _arch_names() -> list[str]:
     return names()
 
 
-@click.command(name="train", epilog=EPILOG, context_settings={"max_content_width": 100})
+def _apply_preset(ctx: click.Context, values: dict) -> dict:
+    """``--aug PRESET`` sets its values unless the same flag was given explicitly."""
+    from .engine import AUG_PRESETS
+
+    name = values.get("aug")
+    if not name:
+        return {}
+    out = {}
+    for key, v in AUG_PRESETS[name].items():
+        src = ctx.get_parameter_source(key) if key in ctx.params else None
+        if src in (None, click.core.ParameterSource.DEFAULT):
+            out[key] = v
+    return out
+
+
+@click.group(name="train", epilog=EPILOG, context_settings={"max_content_width": 100}, invoke_without_command=True,
+             subcommand_metavar="[report CKPT --data X ...]")
 @click.option("--arch", help="Zoo architecture (edgenet, mini-xception, resnet18, deep-emotion, emotorch-...).")
 @click.option("--data", type=click.Path(), help="Training data: fer2013.csv, class folders, .npz or RAF-DB basic.")
-@click.option("--val", type=click.Path(), help="Validation data (default: the data's test split, else a 10% holdout).")
+@click.option("--val", type=click.Path(),
+              help="Select on this set instead of the carved split (recorded; a test set draws a warning).")
+@click.option("--val-split", type=float, default=0.1, show_default=True,
+              help="Share of each class carved from the training data to select on (best epoch).")
+@click.option("--split-seed", type=int, default=15, show_default=True,
+              help="Seed of the carve (independent of --seed: runs hold out the same faces).")
+@click.option("--report", "report", type=click.Path(), multiple=True,
+              help="After training, score the best weights once on this labelled set (repeatable; never selects).")
 @click.option("--epochs", type=int, default=None, help="Epochs (default 60).")
 @click.option("--batch", type=int, default=128, show_default=True, help="Batch size.")
 @click.option("--lr", type=float, default=None, help="Peak learning rate (default 2e-3 AdamW / 0.1 SGD at batch 128).")
@@ -55,8 +81,30 @@ def _arch_names() -> list[str]:
 @click.option("--balanced", is_flag=True, help="Class-balanced sampling (each class drawn equally often).")
 @click.option("--soft-labels", "soft_labels", default=None, metavar="ferplus|PATH",
               help="FERPlus vote distributions as targets (KL loss): 'ferplus' or the path of fer2013new.csv.")
-@click.option("--erase", type=float, default=0.25, show_default=True, help="Random-erasing probability.")
+@click.option("--soft-classes", type=click.Choice(["ferplus", "fer2013"]), default="ferplus", show_default=True,
+              help="Soft labels over FERPlus's 8 emotions, or FER2013's 7 (contempt dropped, renormalised).")
+@click.option("--loss", type=click.Choice(["ce", "focal"]), default="ce", show_default=True,
+              help="Label loss: cross-entropy or focal (Lin et al. 2017).")
+@click.option("--focal-gamma", type=float, default=2.0, show_default=True)
+@click.option("--class-weights", type=click.Choice(["balanced", "effective"]), default=None,
+              help="Weigh rare classes: 1/n, or the effective number (Cui et al. 2019, --cb-beta).")
+@click.option("--cb-beta", type=float, default=0.999, show_default=True)
+@click.option("--aug", type=click.Choice(["real"]), default=None,
+              help="Preset of camera augmentation (wider crop jitter, resolution loss, blur, gamma, noise, JPEG); "
+                   "flags given explicitly win.")
+@click.option("--erase", type=float, default=0.25, show_default=True, help="Random-erasing (occlusion) probability.")
 @click.option("--rotate", type=float, default=10.0, show_default=True, help="Max rotation (degrees).")
+@click.option("--scale", type=float, default=0.1, show_default=True, help="Max crop scale jitter (fraction).")
+@click.option("--translate", type=float, default=0.1, show_default=True, help="Max crop shift (fraction of the side).")
+@click.option("--jitter", type=float, default=0.2, show_default=True, help="Brightness/contrast jitter.")
+@click.option("--downscale", type=float, default=0.0, show_default=True, help="Probability of resolution loss.")
+@click.option("--blur", type=float, default=0.0, show_default=True, help="Probability of Gaussian blur.")
+@click.option("--gamma", type=float, default=0.0, show_default=True, help="Probability of a gamma curve.")
+@click.option("--noise", type=float, default=0.0, show_default=True, help="Probability of Gaussian noise.")
+@click.option("--jpeg", type=float, default=0.0, show_default=True, help="Probability of JPEG re-encoding.")
+@click.option("--swa-start", type=int, default=None,
+              help="Stochastic weight averaging from this epoch on (BN recomputed; saved when better on the carve).")
+@click.option("--swa-lr", type=float, default=None, help="Constant learning rate during SWA (default: keep the schedule).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=None, help="Torch CPU threads (default min(4, cores)).")
 @click.option("--limit", type=int, default=None, help="Use only the first N training images (smoke runs).")
@@ -66,17 +114,23 @@ def _arch_names() -> list[str]:
 @click.option("--tta", type=click.Choice(["flip"]), default=None,
               help="Score validation with the mean of each face and its mirror image; the checkpoint's sidecar "
                    "records it and `edgefer export` puts the flip in the graph.")
-@click.option("--teacher", type=click.Path(), default=None,
+@click.option("--teacher", type=click.Path(), multiple=True,
               help="Distil from this checkpoint (a best.pth with its sidecar; its --tta flip included): the loss "
-                   "mixes the labels with the teacher's probabilities on the same augmented batch.")
+                   "mixes the labels with the teacher's probabilities on the same augmented batch. Repeat for an "
+                   "ensemble teacher (probabilities averaged).")
 @click.option("--distill", type=float, default=0.5, show_default=True, help="Weight of the teacher term (0-1).")
 @click.option("--distill-temp", type=float, default=2.0, show_default=True, help="Softmax temperature of the teacher term.")
 @click.option("-o", "--out", type=click.Path(), default=None, help="Output folder (default runs/<arch>).")
 @click.pass_context
-def train(ctx, arch, data, val, epochs, batch, lr, opt, weight_decay, label_smoothing, mixup, cutmix, mix_prob,
-          ema, ema_decay, warmup, balanced, soft_labels, erase, rotate, seed, threads, limit, resume, init, tta,
-          teacher, distill, distill_temp, out):
-    """Train a zoo architecture; checkpoints export with `edgefer export` and no --arch."""
+def train(ctx, arch, data, val, val_split, split_seed, report, epochs, batch, lr, opt, weight_decay, label_smoothing,
+          mixup, cutmix, mix_prob, ema, ema_decay, warmup, balanced, soft_labels, soft_classes, loss, focal_gamma,
+          class_weights, cb_beta, aug, erase, rotate, scale, translate, jitter, downscale, blur, gamma, noise, jpeg,
+          swa_start, swa_lr, seed, threads, limit, resume, init, tta, teacher, distill, distill_temp, out):
+    """Train a zoo architecture; checkpoints export with `edgefer export` and no --arch.
+
+    `edgefer train report CKPT --data X` scores a checkpoint on labelled sets."""
+    if ctx.invoked_subcommand is not None:
+        return
     from .engine import TrainConfig
     from .engine import train as run
 
@@ -97,7 +151,19 @@ def train(ctx, arch, data, val, epochs, batch, lr, opt, weight_decay, label_smoo
         raise EdgeferError("--label-smoothing must be in [0, 1)")
     if not 0 <= distill <= 1 or distill_temp <= 0:
         raise EdgeferError("--distill must be in [0, 1] and --distill-temp > 0")
+    if not 0 < val_split < 1:
+        raise EdgeferError("--val-split must be in (0, 1)")
+    if loss == "focal" and focal_gamma < 0:
+        raise EdgeferError("--focal-gamma must be >= 0")
+    for name, v in (("--downscale", downscale), ("--blur", blur), ("--gamma", gamma), ("--noise", noise),
+                    ("--jpeg", jpeg), ("--erase", erase)):
+        if not 0 <= v <= 1:
+            raise EdgeferError(f"{name} is a probability: 0..1, not {v}")
+    if swa_start is not None and swa_start < 1:
+        raise EdgeferError("--swa-start must be an epoch >= 1")
     _check_paths(data=data, val=val)  # --init / --teacher: the engine says "no such checkpoint"
+    for r in report:
+        _check_paths(report=r)
     n_epochs = epochs or TrainConfig.epochs
     warmup = _warmup(warmup, n_epochs, ctx.get_parameter_source("warmup") == click.core.ParameterSource.DEFAULT,
                      quiet)
@@ -106,10 +172,40 @@ def train(ctx, arch, data, val, epochs, batch, lr, opt, weight_decay, label_smoo
         weight_decay=weight_decay, warmup=warmup, label_smoothing=label_smoothing, mixup=mixup, cutmix=cutmix,
         mix_prob=mix_prob, ema=ema, ema_decay=ema_decay, balanced=balanced, soft_labels=soft_labels, seed=seed,
         erase=erase, rotate=rotate, threads=threads, limit=limit, quiet=quiet, command=command, init=init, tta=tta,
-        teacher=teacher, distill=distill, distill_temp=distill_temp,
+        teacher=(teacher[0] if len(teacher) == 1 else list(teacher)) if teacher else None, distill=distill,
+        distill_temp=distill_temp, val_split=val_split, split_seed=split_seed, report=list(report),
+        soft_classes=soft_classes, loss=loss, focal_gamma=focal_gamma, class_weights=class_weights, cb_beta=cb_beta,
+        aug=aug, scale=scale, translate=translate, jitter=jitter, downscale=downscale, blur=blur, gamma=gamma,
+        noise=noise, jpeg=jpeg, swa_start=swa_start, swa_lr=swa_lr,
     )
+    for key, v in _apply_preset(ctx, {"aug": aug}).items():
+        setattr(cfg, key, v)
     with _no_leftovers(Path(out or f"runs/{arch}")):
         run(cfg)
+
+
+@train.command(name="report", context_settings={"max_content_width": 100})
+@click.argument("ckpt", type=click.Path())
+@click.option("--data", "data", type=click.Path(), multiple=True, required=True,
+              help="Labelled set (fer2013.csv PublicTest rows, .npz, class folders, RAF-DB); repeatable.")
+@click.option("--usage", type=click.Choice(["PublicTest", "PrivateTest", "Training"]), default="PublicTest",
+              show_default=True, help="Rows of a fer2013.csv / split of a folder root to read.")
+@click.option("--json", "json_out", type=click.Path(), default=None, help="Write the results as JSON here.")
+@click.option("--threads", type=int, default=None, help="Torch CPU threads.")
+def report_cmd(ckpt, data, usage, json_out, threads):
+    """Final numbers of a checkpoint on labelled sets: top-1, macro-F1, per-class recall, confusion
+    (one pass, and with the mirror image when its sidecar says tta flip). Classes are matched by
+    name; a set with only some of the model's classes is scored on the shared ones (argmax over
+    those)."""
+    from .report import format_report, report_checkpoint, write_report
+
+    for what, value in [("checkpoint", ckpt)] + [("--data", d) for d in data]:
+        if not Path(value).exists():
+            raise EdgeferError(f"{what} {value}: not found (no such file or folder)")
+    results = report_checkpoint(ckpt, list(data), threads=threads, usage=usage)
+    click.echo(format_report(ckpt, results))
+    if json_out:
+        write_report(json_out, ckpt, results)
 
 
 def _check_paths(**paths: str | None) -> None:

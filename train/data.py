@@ -28,9 +28,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -54,16 +55,26 @@ class Dataset:
     classes: list[str]
     soft: np.ndarray | None = None  # (N, K) float32 target distributions, or None
     provenance: dict[str, Any] = field(default_factory=dict)
+    #: each image's index in the data as read (file order); kept through subsets so a carved
+    #: split can be recorded as indices of the file, whatever was dropped or limited afterwards
+    rows: np.ndarray | None = None
+    #: (N, 10) FERPlus votes not yet turned into targets (:func:`load_raw`), or None
+    votes: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.rows is None:
+            self.rows = np.arange(len(self.labels), dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, idx: np.ndarray) -> "Dataset":
+    def subset(self, idx: np.ndarray) -> Dataset:
         idx = np.asarray(idx, np.int64)
         imgs = self.images[idx] if isinstance(self.images, np.ndarray) else [self.images[i] for i in idx]
         soft = None if self.soft is None else self.soft[idx]
-        prov = dict(self.provenance, count=int(len(idx)))
-        return Dataset(imgs, self.labels[idx], list(self.classes), soft, prov)
+        votes = None if self.votes is None else self.votes[idx]
+        prov = dict(self.provenance, count=len(idx))
+        return Dataset(imgs, self.labels[idx], list(self.classes), soft, prov, self.rows[idx], votes)
 
     def class_counts(self) -> list[int]:
         return np.bincount(self.labels, minlength=len(self.classes)).astype(int).tolist()
@@ -182,7 +193,8 @@ def _find_ferplus(data: Path, soft: str) -> Path | None:
     return None
 
 
-def _apply_ferplus(ds: Dataset, data: Path, soft: str, table, usage: str | None) -> Dataset:
+def _ferplus_votes(ds: Dataset, data: Path, soft: str, table) -> tuple[np.ndarray, str]:
+    """(votes (N, 10) row-aligned with ``ds``, where they came from)."""
     votes = None
     source = None
     from edgefer.datasets import check_integers, npz_keys, read_npz
@@ -224,13 +236,57 @@ def _apply_ferplus(ds: Dataset, data: Path, soft: str, table, usage: str | None)
             raise EdgeferError(f"FERPlus soft labels need fer2013.csv or an .npz, not {table.kind} ({data})")
     if len(votes) != len(ds):
         raise EdgeferError(f"{source}: {len(votes)} vote rows for {len(ds)} images")
-    keep, soft_t, major = votes_to_soft(np.asarray(votes))
+    return np.asarray(votes), source
+
+
+SOFT_CLASSES = ("ferplus", "fer2013")
+
+
+def ferplus_to_fer2013(soft8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(keep mask, targets over FER2013's 7 classes) of distributions over FERPlus's 8.
+
+    Classes are matched by name (happiness -> happy, anger -> angry, ...); "contempt", which
+    FER2013 lacks, is dropped and each row renormalised. Rows whose only emotion votes were
+    contempt have nothing left and are dropped.
+    """
+    src = [canonical(c) for c in FERPLUS]
+    cols = [src.index(canonical(c)) for c in FER2013]
+    t = soft8[:, cols].astype(np.float32)
+    tot = t.sum(axis=1)
+    keep = tot > 0
+    out = np.zeros_like(t)
+    out[keep] = t[keep] / tot[keep, None]
+    return keep, out
+
+
+def apply_soft(ds: Dataset, into: str = "ferplus") -> Dataset:
+    """Turn a :func:`load_raw` dataset's FERPlus votes into targets (the FERPlus drop rule).
+
+    ``into="ferplus"``: targets over FERPlus's 8 emotions (an 8-class model); ``"fer2013"``:
+    over FER2013's 7 (contempt dropped, renormalised; :func:`ferplus_to_fer2013`), so a 7-class
+    model learns from the votes and stays comparable with FER2013-labelled runs. Hard labels
+    (for accuracy) are the majority vote over the chosen classes.
+    """
+    if ds.votes is None:
+        return ds
+    if into not in SOFT_CLASSES:
+        raise EdgeferError(f"soft-label classes must be one of {', '.join(SOFT_CLASSES)}, not {into!r}")
+    keep, soft_t, _ = votes_to_soft(ds.votes)
+    classes = list(FERPLUS)
+    dropped_contempt = 0
+    if into == "fer2013":
+        keep7, soft7 = ferplus_to_fer2013(soft_t)
+        dropped_contempt = int((keep & ~keep7).sum())
+        keep, soft_t, classes = keep & keep7, soft7, list(FER2013)
     idx = np.flatnonzero(keep)
     out = ds.subset(idx)
-    out.labels = major[idx]
+    out.labels = soft_t[idx].argmax(axis=1).astype(np.int64)
     out.soft = soft_t[idx]
-    out.classes = list(FERPLUS)
-    out.provenance.update(soft_labels="ferplus", votes=source, dropped_no_face_or_unknown=int((~keep).sum()))
+    out.votes = None
+    out.classes = classes
+    out.provenance.update(soft_labels="ferplus", soft_classes=into, dropped_no_face_or_unknown=int((~keep).sum()) - dropped_contempt)
+    if into == "fer2013":
+        out.provenance["dropped_contempt_only"] = dropped_contempt
     return out
 
 
@@ -246,11 +302,23 @@ def file_digest(path: Path, limit: int = 1 << 30) -> str | None:
     return "sha256:" + h.hexdigest()
 
 
-def load_dataset(path: str | os.PathLike, usage: str | None = None, soft: str | None = None) -> Dataset:
+def load_dataset(path: str | os.PathLike, usage: str | None = None, soft: str | None = None,
+                 soft_classes: str = "ferplus") -> Dataset:
     """A labeled dataset from any supported form; ``soft`` adds FERPlus soft labels.
 
     ``usage``: FER2013 CSV rows (``Training``/``PublicTest``/``PrivateTest``), Kaggle or RAF-DB
     split (``Training`` -> train, ``*Test`` -> test); ignored for .npz and plain class folders.
+    ``soft_classes``: the classes the votes become targets over (:func:`apply_soft`).
+    """
+    return apply_soft(load_raw(path, usage, soft), soft_classes)
+
+
+def load_raw(path: str | os.PathLike, usage: str | None = None, soft: str | None = None) -> Dataset:
+    """The dataset with its own labels; with ``soft``, its FERPlus votes attached but not applied.
+
+    Why separate: the validation split is carved from the data as read (its own labels,
+    stratified), before the FERPlus rule drops images, so runs with and without soft labels
+    hold out the same faces.
     """
     from edgefer.calibration.datasets import USAGES, open_labeled
 
@@ -267,7 +335,8 @@ def load_dataset(path: str | os.PathLike, usage: str | None = None, soft: str | 
                  {"kind": table.kind, "path": str(p), "usage": table.details.get("usage"),
                   "sha256": file_digest(p)})
     if soft:
-        ds = _apply_ferplus(ds, p, soft, table, usage)
+        ds.votes, source = _ferplus_votes(ds, p, soft, table)
+        ds.provenance["votes"] = source
     return ds
 
 
@@ -287,21 +356,71 @@ def align_classes(ds: Dataset, classes: Sequence[str]) -> Dataset:
     if ds.soft is not None:
         soft = np.zeros((len(ds), len(classes)), np.float32)
         soft[:, mapping] = ds.soft
-    return Dataset(ds.images, mapping[ds.labels], list(classes), soft, dict(ds.provenance))
+    return Dataset(ds.images, mapping[ds.labels], list(classes), soft, dict(ds.provenance), ds.rows, ds.votes)
 
 
-def split_holdout(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
-    """A stratified (train, val) split, used when no validation data is given."""
+def carve_indices(labels: np.ndarray, num_classes: int, fraction: float, seed: int) -> np.ndarray:
+    """Sorted positions of a class-stratified validation carve: ``round(n_c * fraction)`` of each class.
+
+    Deterministic in (labels, fraction, seed): numpy's PCG64 stream from ``seed`` shuffles each
+    class's positions in class order, so the same data and seed give the same faces on every
+    machine and numpy version that keeps ``default_rng``'s stream (numpy guarantees it).
+    """
+    if not 0 < fraction < 1:
+        raise EdgeferError(f"--val-split must be in (0, 1), not {fraction}")
     rng = np.random.default_rng(seed)
     val = []
-    for c in range(len(ds.classes)):
-        idx = np.flatnonzero(ds.labels == c)
+    for c in range(num_classes):
+        idx = np.flatnonzero(labels == c)
         rng.shuffle(idx)
         val.extend(idx[: int(round(len(idx) * fraction))])
-    val_idx = np.sort(np.asarray(val, np.int64))
+    return np.sort(np.asarray(val, np.int64))
+
+
+def indices_digest(idx: np.ndarray) -> str:
+    """sha256 of sorted int64 indices (little-endian bytes): a split's fingerprint."""
+    return "sha256:" + hashlib.sha256(np.sort(np.asarray(idx, "<i8")).tobytes()).hexdigest()
+
+
+def image_keys(images) -> list[bytes]:
+    """A digest per image (pixels and shape): equal keys are pixel-identical images."""
+    return [hashlib.sha1(np.ascontiguousarray(im).tobytes() + repr(np.shape(im)).encode()).digest() for im in images]
+
+
+def carve(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset, dict[str, Any]]:
+    """(train part, validation part, record) of a class-stratified carve of ``ds``.
+
+    Pixel-identical copies of a carved face are carved with it (``duplicates_moved`` counts
+    them), so no validation face is also a training face. The record names the split
+    (fraction, seed, sizes, per-class counts and the sha256 of the sorted file rows held out)
+    so a sidecar says exactly which faces selected the model.
+    """
+    val_idx = carve_indices(ds.labels, len(ds.classes), fraction, seed)
+    # FER2013 has 1,514 groups of pixel-identical images: a carved face whose copy stays in
+    # training is scored on a face the model was fitted to (198 of the default carve's 2,872
+    # on train.npz). Copies of carved faces therefore join the carve.
+    keys = image_keys(ds.images)
+    carved = {keys[i] for i in val_idx.tolist()}
+    copies = [i for i in range(len(ds)) if keys[i] in carved]
+    moved = len(copies) - len(val_idx)
+    val_idx = np.asarray(copies, np.int64)
     tr_idx = np.setdiff1d(np.arange(len(ds)), val_idx)
     tr, va = ds.subset(tr_idx), ds.subset(val_idx)
     va.provenance["holdout"] = f"{fraction:.0%} stratified, seed {seed}"
+    rows = ds.rows[val_idx]
+    record = {
+        "kind": "carved", "fraction": float(fraction), "seed": int(seed), "stratified": True,
+        "size": len(val_idx), "train_size": len(tr_idx), "of": len(ds),
+        "duplicates_moved": int(moved),
+        "class_counts": va.class_counts(), "rows_sha256": indices_digest(rows),
+        "data": ds.provenance.get("path"), "data_sha256": ds.provenance.get("sha256"),
+    }
+    return tr, va, record
+
+
+def split_holdout(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """A stratified (train, val) split (:func:`carve` without the record)."""
+    tr, va, _ = carve(ds, fraction, seed)
     return tr, va
 
 

@@ -30,6 +30,7 @@ import platform
 import shlex
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,15 @@ import numpy as np
 from edgefer.errors import EdgeferError
 
 from .checkpoint import load_state_dict, save_state_dict, write_sidecar
-from .data import Dataset, align_classes, load_dataset, split_holdout, to_tensor
+from .data import (
+    Dataset,
+    align_classes,
+    apply_soft,
+    carve,
+    load_dataset,
+    load_raw,
+    to_tensor,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +82,32 @@ class TrainConfig:
     translate: float = 0.1  # fraction of the side
     jitter: float = 0.2  # brightness / contrast
     erase: float = 0.25  # probability of random erasing
-    holdout: float = 0.1  # validation share when no --val and the data has no test split
+    # camera realism (each a per-image probability; 0 = off, no random numbers drawn)
+    aug: str | None = None  # preset that set the values below ("real"); recorded, the values rule
+    downscale: float = 0.0  # shrink then re-enlarge (a face far from the camera)
+    downscale_min: float = 0.5  # smallest linear factor
+    blur: float = 0.0  # Gaussian blur (focus, motion)
+    blur_sigma: float = 1.2  # max sigma in pixels of the model input
+    gamma: float = 0.0  # gamma (exposure curve)
+    gamma_max: float = 1.6  # gamma drawn log-uniform in [1/gamma_max, gamma_max]
+    noise: float = 0.0  # additive Gaussian sensor noise
+    noise_sigma: float = 8.0  # max sigma in grey levels
+    jpeg: float = 0.0  # JPEG re-encoding (cv2, per image)
+    jpeg_quality: int = 30  # lowest quality drawn (up to 95)
+    # validation protocol (issue 15): a class-stratified carve of the training data selects the model
+    val_split: float = 0.1  # share carved out when no --val
+    split_seed: int = 15  # seed of the carve; independent of --seed so every run holds out the same faces
+    report: list[str] = field(default_factory=list)  # labelled sets scored once with the best weights, after training
+    # rare-class levers
+    loss: str = "ce"  # "ce" | "focal"
+    focal_gamma: float = 2.0
+    class_weights: str | None = None  # None | "balanced" (1/n) | "effective" (Cui et al. 2019)
+    cb_beta: float = 0.999  # beta of the effective number (1 - beta^n) / (1 - beta)
+    soft_classes: str = "ferplus"  # classes FERPlus votes become targets over: "ferplus" (8) | "fer2013" (7)
+    # stochastic weight averaging (Izmailov et al. 2018)
+    swa_start: int | None = None  # 1-based epoch from which the weights are averaged (None = off)
+    swa_lr: float | None = None  # constant lr from swa_start on (None: keep the schedule)
+    swa_bn_images: int = 4096  # training images (clean) the averaged weights' BatchNorm statistics are recomputed on
     threads: int | None = None
     limit: int | None = None  # use only the first N training images (tests, smoke runs)
     steps_per_epoch: int | None = None  # cap (tests, smoke runs)
@@ -83,14 +117,34 @@ class TrainConfig:
     build: dict[str, Any] = field(default_factory=dict)  # extra zoo.build kwargs
     init: str | None = None  # start from these weights (a best.pth of an earlier run), fresh schedule
     tta: str | None = None  # "flip": validate (and export) with the mean of the face and its mirror image
-    teacher: str | None = None  # distil from this checkpoint (its own tta included) on the same augmented batches
+    teacher: str | list[str] | None = None  # distil from this checkpoint, or the mean of several (each's tta included)
     distill: float = 0.5  # weight of the teacher term; the labels keep 1 - distill
     distill_temp: float = 2.0  # softmax temperature of both sides of the teacher term
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         names = {f.name for f in fields(cls)}
+        d = dict(d)
+        if "holdout" in d and "val_split" not in d:  # a state saved before issue 15: same holdout, same seed
+            d["val_split"] = d["holdout"]
+            d.setdefault("split_seed", d.get("seed", 0))
         return cls(**{k: v for k, v in d.items() if k in names})
+
+    def teachers(self) -> list[str]:
+        """The teacher checkpoints (one path or several)."""
+        if not self.teacher:
+            return []
+        return [self.teacher] if isinstance(self.teacher, str) else list(self.teacher)
+
+
+#: ``--aug real``: what webcams and studio cameras do to a face the runtime crops (issue 15).
+#: Wider crop jitter (the detector's box and eye angle move from frame to frame), resolution loss,
+#: focus/motion blur, exposure curves, sensor noise and JPEG; occlusion stays random erasing.
+AUG_PRESETS: dict[str, dict[str, float]] = {
+    "real": {"rotate": 15.0, "scale": 0.15, "translate": 0.1, "jitter": 0.3, "erase": 0.3,
+             "downscale": 0.25, "downscale_min": 0.4, "blur": 0.25, "blur_sigma": 1.2, "gamma": 0.3, "gamma_max": 1.6,
+             "noise": 0.25, "noise_sigma": 8.0, "jpeg": 0.3, "jpeg_quality": 30},
+}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -174,6 +228,7 @@ def augment(x, cfg: TrainConfig):
         b = (torch.rand(n, 1, 1, 1) * 2 - 1) * cfg.jitter * 64
         m = x.mean(dim=(1, 2, 3), keepdim=True)
         x = ((x - m) * c + m + b).clamp_(0, 255)
+    x = camera(x, cfg)
     if cfg.erase:
         h, w = x.shape[-2:]
         on = torch.rand(n) < cfg.erase
@@ -190,6 +245,101 @@ def augment(x, cfg: TrainConfig):
             mask &= on.view(n, 1, 1)
             noise = torch.rand_like(x) * 255
             x = torch.where(mask.unsqueeze(1), noise, x)
+    return x
+
+
+def _pick(n: int, p: float):
+    """Indices of the images (each with probability ``p``) a transform applies to; None if none."""
+    import torch
+
+    if p <= 0:
+        return None
+    idx = torch.nonzero(torch.rand(n) < p).flatten()
+    return idx if len(idx) else None
+
+
+def gaussian_blur(x, sigma):
+    """Blur each image of ``x`` (N, C, H, W) with its own sigma (N,), separably, reflect borders."""
+    import torch
+    import torch.nn.functional as F
+
+    n, c, h, w = x.shape
+    r = max(1, int(math.ceil(2.5 * float(sigma.max()))))
+    r = min(r, (min(h, w) - 1) // 2)
+    t = torch.arange(-r, r + 1, dtype=x.dtype)
+    k = torch.exp(-(t.view(1, -1) ** 2) / (2 * sigma.view(-1, 1).to(x.dtype) ** 2))
+    k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (N*C, 2r+1)
+    y = F.pad(x.reshape(1, n * c, h, w), (r, r, r, r), mode="reflect")
+    y = F.conv2d(y, k.view(n * c, 1, 1, -1), groups=n * c)
+    y = F.conv2d(y, k.view(n * c, 1, -1, 1), groups=n * c)
+    return y.view(n, c, h, w)
+
+
+def jpeg_roundtrip(x, quality) -> Any:
+    """Encode and decode each image of ``x`` (N, C, H, W, pixel units) as JPEG at its quality (N,).
+
+    Real JPEG (OpenCV's libjpeg, 4:2:0 for colour), not an approximation: at 48x48 one round trip
+    costs about 30 us, a batch of 128 a few ms beside a training step's ~100 ms. Colour tensors
+    are encoded in their channel order as if BGR (chroma subsampling then mixes slightly
+    different planes for an RGB model; immaterial next to the compression itself).
+    """
+    import cv2
+    import torch
+
+    arr = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    out = np.empty_like(arr)
+    for i in range(len(arr)):
+        img = arr[i] if arr.shape[-1] != 1 else arr[i, :, :, 0]
+        ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(img), [cv2.IMWRITE_JPEG_QUALITY, int(quality[i])])
+        if not ok:  # never seen for uint8 images; keep the face rather than fail a training run
+            out[i] = arr[i]
+            continue
+        dec = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED if arr.shape[-1] != 1 else cv2.IMREAD_GRAYSCALE)
+        out[i] = dec.reshape(out[i].shape)
+    return torch.from_numpy(out).permute(0, 3, 1, 2).to(x.dtype)
+
+
+def camera(x, cfg: TrainConfig):
+    """What a real camera adds to a face crop, each on a random share of the batch (pixel units).
+
+    In the order light meets it: resolution (a far face: shrunk then re-enlarged as the
+    runtime's resize does), blur, exposure curve (gamma), sensor noise, then JPEG. Off by default
+    (each probability 0 draws no random numbers, so older recipes reproduce bit for bit); on
+    with ``--aug real`` or each flag.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    n, _, h, w = x.shape
+    idx = _pick(n, cfg.downscale)
+    if idx is not None:
+        f = torch.empty(len(idx)).uniform_(cfg.downscale_min, 1.0)
+        x = x.clone()
+        for j, i in enumerate(idx.tolist()):
+            sh, sw = max(4, int(round(h * float(f[j])))), max(4, int(round(w * float(f[j]))))
+            small = F.interpolate(x[i : i + 1], size=(sh, sw), mode="area")
+            x[i : i + 1] = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+    idx = _pick(n, cfg.blur)
+    if idx is not None:
+        sigma = torch.empty(len(idx)).uniform_(0.3, max(0.31, cfg.blur_sigma))
+        x = x.clone()
+        x[idx] = gaussian_blur(x[idx], sigma)
+    idx = _pick(n, cfg.gamma)
+    if idx is not None:
+        lg = math.log(max(cfg.gamma_max, 1.0 + 1e-6))
+        g = torch.exp(torch.empty(len(idx)).uniform_(-lg, lg)).view(-1, 1, 1, 1)
+        x = x.clone()
+        x[idx] = (255.0 * (x[idx] / 255.0).clamp(0, 1) ** g).clamp(0, 255)
+    idx = _pick(n, cfg.noise)
+    if idx is not None:
+        sig = torch.empty(len(idx)).uniform_(0, cfg.noise_sigma).view(-1, 1, 1, 1)
+        x = x.clone()
+        x[idx] = (x[idx] + torch.randn_like(x[idx]) * sig).clamp(0, 255)
+    idx = _pick(n, cfg.jpeg)
+    if idx is not None:
+        q = torch.randint(int(cfg.jpeg_quality), 96, (len(idx),))
+        x = x.clone()
+        x[idx] = jpeg_roundtrip(x[idx], q)
     return x
 
 
@@ -216,6 +366,55 @@ def mix_batch(x, t, cfg: TrainConfig, rng: np.random.Generator):
         x[:, :, y0:y1, x0:x1] = x[perm][:, :, y0:y1, x0:x1]
         lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)
     return x, lam * t + (1 - lam) * t[perm]
+
+
+def class_weight_vector(counts: Sequence[int], mode: str | None, beta: float = 0.999) -> np.ndarray | None:
+    """Per-class loss weights for rare classes, normalised to sum to the number of classes.
+
+    ``balanced``: ``1 / n_c`` (inverse frequency). ``effective``: Cui et al. 2019, "Class-Balanced
+    Loss Based on Effective Number of Samples": ``(1 - beta) / (1 - beta ** n_c)``, which grows
+    slower than 1/n for big classes (their samples overlap; it saturates at ``1 / (1 - beta)``
+    faces), so FER2013's 436 disgust faces get 2.8x the weight of its 7,215 happy ones at beta
+    0.999 instead of 16.5x (beta 0.9999: 11x). Absent classes get 0.
+    """
+    if not mode:
+        return None
+    n = np.asarray(counts, np.float64)
+    present = n > 0
+    w = np.zeros_like(n)
+    if mode == "balanced":
+        w[present] = 1.0 / n[present]
+    elif mode == "effective":
+        if not 0 < beta < 1:
+            raise EdgeferError(f"--cb-beta must be in (0, 1), not {beta}")
+        w[present] = (1.0 - beta) / (1.0 - np.power(beta, n[present]))
+    else:
+        raise EdgeferError(f"--class-weights must be balanced or effective, not {mode!r}")
+    return w * present.sum() / w.sum()
+
+
+def label_loss(logits, t, soft_targets: bool, cfg: TrainConfig, cw=None):
+    """The label term: cross-entropy (KL for vote distributions), or focal; optionally class-weighted.
+
+    Targets ``t`` are distributions (smoothed one-hot, votes, mixes). Focal (Lin et al. 2017)
+    scales each class's ``-t log p`` by ``(1 - p) ** gamma``, so easy faces (most "happy") count
+    less. Class weights weigh each image by ``t @ w`` (its label's weight; a mix's blend), mean
+    over the batch as in Cui et al.
+    """
+    import torch.nn.functional as F
+
+    logp = F.log_softmax(logits, 1)
+    if cfg.loss == "focal":
+        per = -(t * (1 - logp.exp()).pow(cfg.focal_gamma) * logp).sum(1)
+    elif cfg.loss == "ce":
+        if cw is None:  # the recipe's original expressions, value for value
+            return F.kl_div(logp, t, reduction="batchmean") if soft_targets else -(t * logp).sum(1).mean()
+        per = F.kl_div(logp, t, reduction="none").sum(1) if soft_targets else -(t * logp).sum(1)
+    else:
+        raise EdgeferError(f"--loss must be ce or focal, not {cfg.loss!r}")
+    if cw is not None:
+        per = per * (t @ cw)
+    return per.mean()
 
 
 def metrics_from(confusion: np.ndarray) -> dict[str, Any]:
@@ -334,51 +533,127 @@ def plot_confusion(cm: list[list[int]], classes: list[str], path: Path, title: s
     return True
 
 
-def load_teacher(cfg: "TrainConfig", spec: dict, classes: list[str]):
-    """(model in eval mode, its tta) of ``cfg.teacher``; refused when it does not see what the student sees."""
+def load_teacher(path: str, cfg: TrainConfig, spec: dict, classes: list[str]):
+    """(model in eval mode, its tta, its sidecar) of one teacher; refused when it does not see what the student sees."""
     from . import zoo
     from .checkpoint import read_sidecar
 
-    if not Path(cfg.teacher).is_file():
-        raise EdgeferError(f"--teacher {cfg.teacher}: no such checkpoint")
-    info = read_sidecar(cfg.teacher)
+    if not Path(path).is_file():
+        raise EdgeferError(f"--teacher {path}: no such checkpoint")
+    info = read_sidecar(path)
     if not info:
-        raise EdgeferError(f"--teacher {cfg.teacher}: no sidecar ({cfg.teacher}.json); use a best.pth of edgefer train")
+        raise EdgeferError(f"--teacher {path}: no sidecar ({path}.json); use a best.pth of edgefer train")
     if list(info.get("classes", [])) != list(classes):
-        raise EdgeferError(f"--teacher {cfg.teacher}: classes {info.get('classes')} differ from the data's {classes}")
+        raise EdgeferError(f"--teacher {path}: classes {info.get('classes')} differ from the data's {classes}")
     tin = info.get("input", {})
     mine = {"size": list(spec["size"]), "color": spec["color"], "mean": list(spec["mean"]), "std": list(spec["std"])}
     theirs = {k_: (list(v) if isinstance(v, (list, tuple)) else v) for k_, v in tin.items() if k_ in mine}
     if theirs != mine:
-        raise EdgeferError(f"--teacher {cfg.teacher}: input {theirs} differs from {cfg.arch}'s {mine}")
+        raise EdgeferError(f"--teacher {path}: input {theirs} differs from {cfg.arch}'s {mine}")
     model = zoo.build(info["arch"], **info.get("build", {}))
     try:
-        model.load_state_dict(load_state_dict(cfg.teacher))
+        model.load_state_dict(load_state_dict(path))
     except Exception as e:  # noqa: BLE001
-        raise EdgeferError(f"--teacher {cfg.teacher}: does not fit {info['arch']} ({str(e).splitlines()[0][:160]})") from None
+        raise EdgeferError(f"--teacher {path}: does not fit {info['arch']} ({str(e).splitlines()[0][:160]})") from None
     model.eval()
     for p_ in model.parameters():
         p_.requires_grad_(False)
-    return model, info.get("tta")
+    return model, info.get("tta"), info
+
+
+def teacher_probs(teachers, x, tau: float):
+    """Mean over teachers of their softened probabilities (each averaged with its mirror when its tta is flip)."""
+    import torch
+    import torch.nn.functional as F
+
+    acc = None
+    for model, tta in teachers:
+        p = F.softmax(model(x) / tau, 1)
+        if tta == "flip":
+            p = (p + F.softmax(model(torch.flip(x, [3])) / tau, 1)) / 2
+        acc = p if acc is None else acc + p
+    return acc / len(teachers)
+
+
+def saw_validation(side: dict | None, selected_on: dict) -> str | None:
+    """Why a checkpoint (``--init``/``--teacher``) has seen this run's carved validation faces, or None.
+
+    It has when it was trained on the same data file without the same carve (e.g. the bundled
+    EdgeNets, trained on all of train.npz): its knowledge of those faces then flatters every
+    validation score of this run.
+    """
+    if not side or selected_on.get("kind") != "carved":
+        return None
+    tr = (side.get("data") or {}).get("train") or {}
+    if not selected_on.get("data_sha256") or tr.get("sha256") != selected_on.get("data_sha256"):
+        return None
+    theirs = side.get("selected_on") or {}
+    if theirs.get("kind") == "carved" and theirs.get("rows_sha256") == selected_on.get("rows_sha256"):
+        return None
+    return "it was trained on the same data file without this run's carve"
 
 
 # ----------------------------------------------------------------------------- data
-def prepare_data(cfg: TrainConfig, spec: dict) -> tuple[Dataset, Dataset]:
-    train = load_dataset(cfg.data, usage="Training", soft=cfg.soft_labels)
-    kind = train.provenance.get("kind")
-    if cfg.val:
-        val = load_dataset(cfg.val, usage="PublicTest", soft=cfg.soft_labels)
-    elif kind in ("fer2013-csv", "rafdb-basic") or (kind == "class-folders" and Path(cfg.data, "test").is_dir()):
-        # the dataset's own test split (FER2013 PublicTest, RAF-DB test, Kaggle test/)
-        val = load_dataset(cfg.data, usage="PublicTest", soft=cfg.soft_labels)
-    else:
-        train, val = split_holdout(train, cfg.holdout, cfg.seed)
-    val = align_classes(val, train.classes)
+TEST_WORDS = ("publictest", "privatetest", "test")
+
+
+def looks_like_test(ds: Dataset, path: str) -> str | None:
+    """Why ``path`` looks like a test split (a FER2013 *Test usage, a file named *test*, FER2013
+    test image names), or None. Selecting on such a set makes its score optimistic."""
+    usage = str(ds.provenance.get("usage") or "")
+    if "test" in usage.lower():
+        return f"its {usage} rows"
+    name = Path(path).name.lower()
+    if "test" in name:
+        return f"its name {Path(path).name!r}"
+    if Path(path).suffix.lower() == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if "names" in z.files:
+                    first = [str(v) for v in z["names"][:32]]
+                    if first and all(n.lower().startswith(("publictest", "privatetest")) for n in first):
+                        return f"its image names ({first[0]}, ...)"
+        except Exception:  # noqa: BLE001 - a hint only; the reader has validated the file
+            return None
+    return None
+
+
+def prepare_data(cfg: TrainConfig, spec: dict | None = None) -> tuple[Dataset, Dataset, dict[str, Any]]:
+    """(train, validation, what selects the model).
+
+    Without ``--val`` the validation set is carved from the training data (class-stratified,
+    ``--val-split`` of each class, seed ``--split-seed``; :func:`.data.carve`) before FERPlus
+    votes drop any image, so every run on the same file holds out the same faces. ``--limit N``
+    keeps the file's first N images before the carve. A FER2013 CSV's PublicTest rows and a
+    dataset's test folder are no longer used to select: pass them to ``--report``.
+    """
+    train = load_raw(cfg.data, usage="Training", soft=cfg.soft_labels)
     if cfg.limit:
         train = train.subset(np.arange(min(cfg.limit, len(train))))
+    if cfg.val:
+        want8 = cfg.soft_labels and cfg.soft_classes == "ferplus"
+        val = load_dataset(cfg.val, usage="PublicTest", soft=cfg.soft_labels if want8 else None)
+        why = looks_like_test(val, cfg.val)
+        selected_on = {"kind": "external", "path": str(cfg.val), "data_sha256": val.provenance.get("sha256"),
+                       "size": len(val), "class_counts": val.class_counts(), "test_like": bool(why)}
+        if why:
+            selected_on["test_like_reason"] = why
+            msg = (f"edgefer train: warning: --val {cfg.val} looks like a test split ({why}): selecting the best epoch "
+                   f"on it makes its score optimistic; drop --val (a carved split selects) and pass it to --report")
+            print(msg, file=sys.stderr, flush=True)
+    else:
+        train, val, selected_on = carve(train, cfg.val_split, cfg.split_seed)
+        selected_on["limit"] = cfg.limit
+    if cfg.soft_labels:
+        train = apply_soft(train, cfg.soft_classes)
+        if cfg.soft_classes == "ferplus":
+            val = apply_soft(val, "ferplus")  # 8-class model: validated against the votes
+        else:
+            val.votes = None  # 7-class model: validated against the data's own labels
+    val = align_classes(val, train.classes)
     if len(train) == 0 or len(val) == 0:
         raise EdgeferError("no training or validation images")
-    return train, val
+    return train, val, selected_on
 
 
 # ----------------------------------------------------------------------------- training
@@ -453,19 +728,39 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> dict[str
             tqdm.write(msg)
 
     t0 = time.time()
-    train_ds, val_ds = prepare_data(cfg, spec)
+    train_ds, val_ds, selected_on = prepare_data(cfg, spec)
     classes = list(train_ds.classes)
     k = len(classes)
     x_train = to_tensor(train_ds, spec["size"], spec["color"])
     x_val = to_tensor(val_ds, spec["size"], spec["color"])
     say(f"data: {len(train_ds)} train ({train_ds.provenance.get('kind')}), {len(val_ds)} val, classes {', '.join(classes)}"
         f" [{time.time() - t0:.1f}s]")
+    if selected_on["kind"] == "carved":
+        say(f"selection: carved {selected_on['fraction']:.0%} of the training data, class-stratified, split seed "
+            f"{selected_on['seed']} ({selected_on['size']} faces, rows {selected_on['rows_sha256'][:19]}...)")
+    else:
+        say(f"selection: external --val {selected_on['path']}"
+            + (f" (WARNING: looks like a test split: {selected_on['test_like_reason']})" if selected_on["test_like"] else ""))
     mean = torch.tensor(spec["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(spec["std"]).view(1, -1, 1, 1)
 
     build_kw = {"num_classes": k, **(cfg.build or {})}
     _set_seed(cfg.seed, -1)
     model = zoo.build(cfg.arch, **build_kw).to(memory_format=torch.channels_last)
+    from .checkpoint import read_sidecar
+
+    def leak(flag: str, path: str) -> None:
+        """Warn (and record) when a starting point or teacher has seen the carved validation faces."""
+        try:
+            side_ = read_sidecar(path)
+        except EdgeferError:
+            side_ = None
+        why = saw_validation(side_, selected_on)
+        if why:
+            msg = f"{flag} {path} has seen this run's validation faces ({why}): validation scores are optimistic"
+            selected_on.setdefault("warnings", []).append(msg)
+            say("WARNING: " + msg)
+
     if cfg.init and state is None:
         if not Path(cfg.init).is_file():
             raise EdgeferError(f"--init {cfg.init}: no such checkpoint")
@@ -475,13 +770,24 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> dict[str
             raise
         except Exception as e:  # noqa: BLE001 - wrong arch / class count: one line
             raise EdgeferError(f"--init {cfg.init}: does not fit {cfg.arch} ({str(e).splitlines()[0][:160]})") from None
+    if cfg.init:
+        leak("--init", cfg.init)
     ema = EMA(model, cfg.ema_decay) if cfg.ema else None
-    teacher, teacher_tta = (None, None)
-    if cfg.teacher:
+    teachers = []
+    if cfg.teachers():
         if train_ds.soft is not None:
             raise EdgeferError("--teacher and --soft-labels are exclusive")
-        teacher, teacher_tta = load_teacher(cfg, spec, classes)
-        teacher = teacher.to(memory_format=torch.channels_last)
+        for tp in cfg.teachers():
+            tm, tta_, _ = load_teacher(tp, cfg, spec, classes)
+            teachers.append((tm.to(memory_format=torch.channels_last), tta_))
+            leak("--teacher", tp)
+    swa = None
+    if cfg.swa_start:
+        from torch.optim.swa_utils import AveragedModel
+
+        if not 1 <= cfg.swa_start <= cfg.epochs:
+            raise EdgeferError(f"--swa-start must be an epoch in 1..{cfg.epochs}, not {cfg.swa_start}")
+        swa = AveragedModel(model)
 
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -515,6 +821,8 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> dict[str
             ema.model.load_state_dict(state["ema"])
             ema.updates = int(state.get("ema_updates", 0))
         opt.load_state_dict(state["optimizer"])
+        if swa is not None and state.get("swa") is not None:
+            swa.load_state_dict(state["swa"])
         start_epoch, step = int(state["epoch"]), int(state["step"])
         history, best = list(state.get("history", [])), dict(state.get("best", {}))
         say(f"resumed from {resume} at epoch {start_epoch}/{cfg.epochs}")
@@ -524,6 +832,15 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> dict[str
     cfg.command = command
 
     counts = np.bincount(train_ds.labels, minlength=k)
+    cw_np = class_weight_vector(counts, cfg.class_weights, cfg.cb_beta)
+    cw = None if cw_np is None else torch.from_numpy(cw_np).float()
+    if cw_np is not None:
+        say(f"class weights ({cfg.class_weights}): " + ", ".join(f"{c} {w:.2f}" for c, w in zip(classes, cw_np)))
+    swa_bn = None
+    if swa is not None:  # clean training faces (no augmentation) to recompute the averaged weights' BN statistics
+        sel = np.sort(np.random.default_rng([cfg.seed, 7]).permutation(len(train_ds))[: cfg.swa_bn_images])
+        swa_bn = [((x_train[sel[i : i + cfg.eval_batch]].float() - mean) / std).contiguous(memory_format=torch.channels_last)
+                  for i in range(0, len(sel), cfg.eval_batch)]
     weights = None
     if cfg.balanced:
         w = 1.0 / np.maximum(counts, 1)
@@ -539,7 +856,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> dict[str
         return {
             "arch": cfg.arch, "status": status, "epochs": cfg.epochs, "epochs_done": len(history),
             "classes": classes, "best": best, "history": history,
-            "data": {"train": provenance(train_ds), "val": provenance(val_ds)},
+            "data": {"train": provenance(train_ds), "val": provenance(val_ds)}, "selected_on": selected_on,
             "config": asdict(cfg), "machine": {"python": platform.python_version(), "torch": torch.__version__,
                                                "threads": threads, "cpu": platform.processor() or platform.machine()},
         }
@@ -570,18 +887,16 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> dict[str
             soft = None if train_ds.soft is None else train_ds.soft[idx]
             t = _targets(train_ds.labels[idx], soft, k, cfg.label_smoothing)
             x, t = mix_batch(x, t, cfg, rng)
+            in_swa = swa is not None and cfg.swa_lr is not None and epoch + 1 >= cfg.swa_start
             for g in opt.param_groups:
-                g["lr"] = cosine_lr(step, total, warm, lr, cfg.min_lr_ratio)
+                g["lr"] = cfg.swa_lr if in_swa else cosine_lr(step, total, warm, lr, cfg.min_lr_ratio)
             logits = model(x)
-            logp = F.log_softmax(logits, 1)
-            loss = F.kl_div(logp, t, reduction="batchmean") if train_ds.soft is not None else -(t * logp).sum(1).mean()
-            if teacher is not None:
-                # Hinton et al. 2015: KL to the teacher's softened probabilities, scaled by T^2
+            loss = label_loss(logits, t, train_ds.soft is not None, cfg, cw)
+            if teachers:
+                # Hinton et al. 2015: KL to the teachers' (mean) softened probabilities, scaled by T^2
                 tau = cfg.distill_temp
                 with torch.no_grad():
-                    pt = F.softmax(teacher(x) / tau, 1)
-                    if teacher_tta == "flip":
-                        pt = (pt + F.softmax(teacher(torch.flip(x, [3])) / tau, 1)) / 2
+                    pt = teacher_probs(teachers, x, tau)
                 kd = F.kl_div(F.log_softmax(logits / tau, 1), pt, reduction="batchmean") * tau * tau
                 loss = (1 - cfg.distill) * loss + cfg.distill * kd
             opt.zero_grad(set_to_none=True)
@@ -605,19 +920,29 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> dict[str
             "val_recall": vm["recall"], "seconds": time.time() - te,
         }
         history.append(rec)
+        kind = "ema" if ema is not None else "raw"
+        if swa is not None and epoch + 1 >= cfg.swa_start:
+            from torch.optim.swa_utils import update_bn
+
+            swa.update_parameters(model)
+            update_bn(swa_bn, swa)  # BatchNorm statistics of the averaged weights, on clean training faces
+            sm = evaluate(swa.module, x_val, val_ds.labels, val_ds.soft, mean, std, cfg.eval_batch, cfg.tta)
+            rec.update(swa_val_top1=sm["top1"], swa_val_macro_f1=sm["macro_f1"], swa_models=int(swa.n_averaged))
+            if sm["top1"] > vm["top1"]:  # the averaged weights compete with this epoch's for best
+                vm, eval_model, kind = sm, swa.module, "swa"
         improved = not best or vm["top1"] > best.get("val_top1", -1)
         if improved:
             best = {"epoch": epoch + 1, "val_top1": vm["top1"], "val_macro_f1": vm["macro_f1"], "val_loss": vm["loss"],
-                    "val_recall": dict(zip(classes, vm["recall"])), "confusion": vm["confusion"]}
+                    "val_recall": dict(zip(classes, vm["recall"])), "confusion": vm["confusion"], "weights": kind}
             save_state_dict(eval_model, out / "best.pth")
             write_sidecar(out / "best.pth", {
                 "arch": cfg.arch, "build": build_kw, "classes": classes,
                 "input": {k_: spec[k_] for k_ in ("size", "color", "mean", "std")},
                 **({"tta": cfg.tta} if cfg.tta else {}),
                 "metrics": {k_: v for k_, v in best.items() if k_ != "confusion"},
-                "data": {"train": provenance(train_ds), "val": provenance(val_ds)},
+                "data": {"train": provenance(train_ds), "val": provenance(val_ds)}, "selected_on": selected_on,
                 "command": command, "training": asdict(cfg),
-                "weights": "ema" if ema is not None else "raw",
+                "weights": kind,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "torch": torch.__version__,
             })
             plot_confusion(vm["confusion"], classes, out / "confusion.png",
@@ -629,6 +954,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> dict[str
             "config": asdict(cfg), "epoch": epoch + 1, "step": step, "history": history, "best": best,
             "model": model.state_dict(), "optimizer": opt.state_dict(),
             "ema": ema.model.state_dict() if ema is not None else None, "ema_updates": ema.updates if ema else 0,
+            "swa": swa.state_dict() if swa is not None else None,
         }
         tmp = out / "last.pt.tmp"
         torch.save(resume_state, tmp)
@@ -636,6 +962,17 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> dict[str
         write_json(out / "metrics.json", metrics_doc("running" if epoch + 1 < cfg.epochs else "done"))
         plot_curves(history, out / "curves.png")
     doc = metrics_doc("done")
+    if cfg.report and best:
+        # the final numbers: the best weights scored once on each report set, never used to select
+        from .report import report_checkpoint
+
+        doc["report"] = report_checkpoint(out / "best.pth", cfg.report)
+        side = read_sidecar(out / "best.pth")
+        write_sidecar(out / "best.pth", {**{k_: v for k_, v in side.items() if k_ not in ("format", "schema")},
+                                         "report": doc["report"]})
+        for r in doc["report"]:
+            say(f"report {r['data']}: " + "; ".join(f"{m} top-1 {100 * v['top1']:.2f}% macro-F1 {100 * v['macro_f1']:.2f}%"
+                                                    for m, v in r["scores"].items()))
     write_json(out / "metrics.json", doc)
     if history:
         plot_curves(history, out / "curves.png")
