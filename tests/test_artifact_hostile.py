@@ -14,6 +14,7 @@ import copy
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -313,18 +314,25 @@ def test_rules_the_schema_cannot_say_are_applied_by_the_runtime(jsonschema_valid
         Manifest.from_dict(d)
 
 
+def _with_extra_x(text: str, raw: str) -> str:
+    """The manifest text with ``"x": raw`` first in ``extra`` (raw JSON too deep to build with json.dumps)."""
+    head, tail = text.split('"extra": {', 1)
+    assert head != text, "the manifest has no extra object"
+    return head + '"extra": {"x": ' + raw + ("" if tail.startswith("}") else ", ") + tail
+
+
 def test_nonstandard_json_deep_json_and_duplicates(tmp_path, mx):
     root, d = mx
     text = json.dumps(d)
-    (root / "manifest.json").write_text(text.replace('"scale": 1.2', '"scale": NaN'))
+    (root / "manifest.json").write_text(re.sub(r'"scale": [0-9.]+', '"scale": NaN', text, count=1))
     _refused(_cli("info", str(root)), "NaN is not a JSON number")
     (root / "manifest.json").write_text(text.replace('"license": "MIT"', '"license": "MIT", "license": "GPL"'))
     _refused(_cli("info", str(root)), "key 'license' appears twice")
     deep = "[" * 100_000 + "]" * 100_000
-    (root / "manifest.json").write_text(text.replace('"extra": {}', f'"extra": {{"x": {deep}}}'))
+    (root / "manifest.json").write_text(_with_extra_x(text, deep))
     _refused(_cli("info", str(root)), "nests too deep")
     nested = "[" * 40 + "]" * 40  # readable, but deeper than a manifest may be
-    (root / "manifest.json").write_text(text.replace('"extra": {}', f'"extra": {{"x": {nested}}}'))
+    (root / "manifest.json").write_text(_with_extra_x(text, nested))
     _refused(_cli("info", str(root)), "nests deeper than 32 levels")
     (root / "manifest.json").write_bytes(b" " * (artifact.MAX_MANIFEST_BYTES + 1))
     _refused(_cli("info", str(root)), "a manifest is at most")

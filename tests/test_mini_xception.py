@@ -63,7 +63,8 @@ def test_manifest_validates_and_checksum_matches():
     assert m.classes == list(FER2013)
     assert m.input.size == [64, 64] and m.input.color == "gray" and m.input.dtype == "uint8"
     assert m.input.mean == [127.5] and m.input.std == [127.5] and m.input.layout == "NHWC"
-    assert m.crop["align"] == "eyes" and m.crop["scale"] > 1
+    # FER2013's framing (edgefer.align.DEFAULT_CROP), not the fer package's Haar box + margin
+    assert m.crop == {"align": "eyes", "scale": 0.95}
     assert m.provenance["source_sha256"]
     assert m.license == "MIT"
     assert art.model_path.name in m.checksums
