@@ -10,7 +10,6 @@ writes it to ONNX and :func:`parity` checks ONNX Runtime against torch.
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,22 +215,12 @@ def export_cam_onnx(wrapper: ClassifierWithCam, path: str | os.PathLike, size: S
                     opset: int = 17, metadata: dict[str, str] | None = None) -> Path:
     """Export a :class:`ClassifierWithCam` to one self-contained ONNX file: outputs (probs|logits, cam)."""
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    wrapper = wrapper.eval()
-    example = wrapper.example_input(size, batch=2)
-    out_name = wrapper.output_name
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        torch.onnx.export(
-            wrapper, (example,), str(path), dynamo=False, opset_version=opset,
-            input_names=[input_name], output_names=[out_name, CAM_OUTPUT],
-            dynamic_axes={input_name: {0: "batch"}, out_name: {0: "batch"}, CAM_OUTPUT: {0: "batch"}},
-            do_constant_folding=True,
-        )
-    from .wrappers import finish_onnx
+    from .wrappers import finish_onnx, trace_onnx
 
-    return finish_onnx(Path(path), metadata)
+    out_name = wrapper.output_name
+    path = trace_onnx(wrapper, wrapper.example_input(size, batch=2), path, [input_name], [out_name, CAM_OUTPUT],
+                      {input_name: {0: "batch"}, out_name: {0: "batch"}, CAM_OUTPUT: {0: "batch"}}, opset)
+    return finish_onnx(path, metadata)
 
 
 def cam_extra(head: CamHead, wrapper: ClassifierWithCam, **measured: Any) -> dict[str, Any]:

@@ -129,26 +129,27 @@ def export_classifier_onnx(
     model becomes constants. ``metadata`` goes into the model's ``metadata_props``.
     """
 
+    out_name = wrapper.output_name
+    path = trace_onnx(wrapper, wrapper.example_input(size, batch=2), path, [input_name], [out_name],
+                      {input_name: {0: "batch"}, out_name: {0: "batch"}}, opset)
+    return finish_onnx(path, metadata)
+
+
+def trace_onnx(module: torch.nn.Module, example: torch.Tensor, path: str | os.PathLike, input_names: list[str],
+               output_names: list[str], dynamic_axes: dict[str, dict[int, str]], opset: int = 17) -> Path:
+    """Trace ``module`` (in eval mode, no grad) on ``example`` into ONNX at ``path`` (folders made).
+
+    The TorchScript exporter (``dynamo=False``): it folds size-dependent values (e.g. "same" pads)
+    into constants, which is intended here since every spatial size is fixed or declared dynamic.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    wrapper = wrapper.eval()
-    example = wrapper.example_input(size, batch=2)
-    out_name = wrapper.output_name
+    module = module.eval()
     with torch.no_grad(), warnings.catch_warnings():
-        # size-dependent values (e.g. "same" pads) become constants: intended, the size is fixed
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        torch.onnx.export(
-            wrapper,
-            (example,),
-            str(path),
-            dynamo=False,
-            opset_version=opset,
-            input_names=[input_name],
-            output_names=[out_name],
-            dynamic_axes={input_name: {0: "batch"}, out_name: {0: "batch"}},
-            do_constant_folding=True,
-        )
-    return finish_onnx(path, metadata)
+        torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=opset, input_names=input_names,
+                          output_names=output_names, dynamic_axes=dynamic_axes, do_constant_folding=True)
+    return path
 
 
 def finish_onnx(path: Path, metadata: dict | None = None) -> Path:

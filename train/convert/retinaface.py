@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -44,19 +43,10 @@ def export_onnx(model: rf.RetinaFace, path: Path) -> None:
     wrapper = rf.RetinaFaceExport(model).eval()
     example = torch.zeros(1, 320, 480, 3, dtype=torch.uint8)
     names = ["loc", "conf", "landms"]
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        torch.onnx.export(
-            wrapper,
-            (example,),
-            str(path),
-            dynamo=False,
-            opset_version=17,
-            input_names=["image"],
-            output_names=names,
-            dynamic_axes={"image": {0: "batch", 1: "height", 2: "width"}, **{n: {0: "batch", 1: "anchors"} for n in names}},
-            do_constant_folding=True,
-        )
+    from edgefer.export.wrappers import trace_onnx
+
+    trace_onnx(wrapper, example, path, ["image"], names,
+               {"image": {0: "batch", 1: "height", 2: "width"}, **{n: {0: "batch", 1: "anchors"} for n in names}})
     m = onnx.load(str(path))
     onnx.checker.check_model(m, full_check=True)
 
