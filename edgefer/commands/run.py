@@ -14,7 +14,7 @@ from ..backends import MAX_THREADS
 from ..errors import EdgeferError
 from ..stats import LatencyHistogram
 from ..sources import VIDEO_SUFFIXES
-from .summary import TrackTally, stream_summary
+from .summary import TrackTally, stream_summary, write_summary
 
 #: the detector's input long side: below 32 px RetinaFace's coarsest anchors see nothing;
 #: above 4096 px one frame needs gigabytes of activations
@@ -124,10 +124,10 @@ def run(ctx, source, camera, demo, output, events, display, max_frames, detector
       edgefer run 0 1 rtsp://cam3/stream --events all.jsonl -o annotated/
     """
     from ..explain import draw_heatmaps
-    from ..outputs import OutputPath, check_outputs, write_text_atomic
+    from ..outputs import OutputPath, check_outputs
     from ..pipeline import Pipeline
     from ..signals import Interrupted, StopOnSignal, signal_name
-    from ..sinks import AnnotatedOutput, Display, EventWriter, annotate, dumps
+    from ..sinks import AnnotatedOutput, Display, EventWriter, annotate
     from ..sources import open_source
     from .writes import close_all, write_frame
 
@@ -298,11 +298,7 @@ def run(ctx, source, camera, demo, output, events, display, max_frames, detector
         summary["publish"] = pub.report()
     if explain:
         summary["explain"] = _explain_cost(explain_ms, stats, pipe)
-    if summary_path:
-        try:
-            write_text_atomic(summary_path, dumps(summary, indent=2) + "\n", "--summary")
-        except EdgeferError as e:
-            write_errors.append(str(e))
+    write_summary(summary_path, summary, write_errors)
     for line in image_lines:
         say(line)
     if src.kind not in ("image", "folder"):

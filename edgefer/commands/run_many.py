@@ -18,7 +18,7 @@ import click
 
 from ..errors import EdgeferError
 from ..sources import VIDEO_SUFFIXES
-from .summary import TrackTally, stream_summary
+from .summary import TrackTally, stream_summary, write_summary
 from .writes import close_all, write_frame
 
 
@@ -27,9 +27,9 @@ def run_many(sources: list[str], *, output: str | None, events: str | None, summ
              pipeline_options: dict[str, Any], say) -> int:
     """Run every source through one :class:`~edgefer.multistream.MultiPipeline`; returns the exit code."""
     from ..multistream import MultiPipeline
-    from ..outputs import OutputPath, check_outputs, write_text_atomic
+    from ..outputs import OutputPath, check_outputs
     from ..signals import Interrupted, StopOnSignal, signal_name
-    from ..sinks import AnnotatedOutput, EventWriter, annotate, dumps
+    from ..sinks import AnnotatedOutput, EventWriter, annotate
     from ..sources import open_source
 
     out_dir = Path(output) if output else None
@@ -119,11 +119,7 @@ def run_many(sources: list[str], *, output: str | None, events: str | None, summ
         "stop_signal": signal_name(stop.signum),
         "write_errors": write_errors,
     }
-    if summary_path:
-        try:
-            write_text_atomic(summary_path, dumps(summary, indent=2) + "\n", "--summary")
-        except EdgeferError as e:
-            write_errors.append(str(e))
+    write_summary(summary_path, summary, write_errors)
     for e in per_stream:
         live = e.get("live") or {}
         lat = f", p99 capture to result {live['latency_p99_intervals']:.2f} frame intervals" if live else ""

@@ -94,3 +94,18 @@ def stream_summary(src, pipe, tally: TrackTally, dropped: int | None = None) -> 
             "replayed_file": bool(getattr(src, "paced", False)),
         }
     return out
+
+
+def write_summary(path, summary: dict, write_errors: list[str]) -> None:
+    """``--summary``: the run's summary as standard JSON, written atomically; a failure to write
+    it is one more write error of the run (reported, exit 1), never a traceback."""
+    from ..errors import EdgeferError
+    from ..outputs import write_text_atomic
+    from ..sinks import dumps
+
+    if not path:
+        return
+    try:
+        write_text_atomic(path, dumps(summary, indent=2) + "\n", "--summary")
+    except EdgeferError as e:
+        write_errors.append(str(e))
