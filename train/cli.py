@@ -120,12 +120,16 @@ def _apply_preset(ctx: click.Context, values: dict) -> dict:
                    "ensemble teacher (probabilities averaged).")
 @click.option("--distill", type=float, default=0.5, show_default=True, help="Weight of the teacher term (0-1).")
 @click.option("--distill-temp", type=float, default=2.0, show_default=True, help="Softmax temperature of the teacher term.")
+@click.option("--views", type=click.Path(), default=None,
+              help="Runtime views of the training faces (`edgefer train views`): train on the crops the runtime makes.")
+@click.option("--view-prob", type=float, default=0.5, show_default=True,
+              help="Share of training samples drawn from their runtime views.")
 @click.option("-o", "--out", type=click.Path(), default=None, help="Output folder (default runs/<arch>).")
 @click.pass_context
 def train(ctx, arch, data, val, val_split, split_seed, report, epochs, batch, lr, opt, weight_decay, label_smoothing,
           mixup, cutmix, mix_prob, ema, ema_decay, warmup, balanced, soft_labels, soft_classes, loss, focal_gamma,
           class_weights, cb_beta, aug, erase, rotate, scale, translate, jitter, downscale, blur, gamma, noise, jpeg,
-          swa_start, swa_lr, seed, threads, limit, resume, init, tta, teacher, distill, distill_temp, out):
+          swa_start, swa_lr, seed, threads, limit, resume, init, tta, teacher, distill, distill_temp, views, view_prob, out):
     """Train a zoo architecture; checkpoints export with `edgefer export` and no --arch.
 
     `edgefer train report CKPT --data X` scores a checkpoint on labelled sets."""
@@ -159,9 +163,11 @@ def train(ctx, arch, data, val, val_split, split_seed, report, epochs, batch, lr
                     ("--jpeg", jpeg), ("--erase", erase)):
         if not 0 <= v <= 1:
             raise EdgeferError(f"{name} is a probability: 0..1, not {v}")
+    if not 0 <= view_prob <= 1:
+        raise EdgeferError(f"--view-prob is a probability: 0..1, not {view_prob}")
     if swa_start is not None and swa_start < 1:
         raise EdgeferError("--swa-start must be an epoch >= 1")
-    _check_paths(data=data, val=val)  # --init / --teacher: the engine says "no such checkpoint"
+    _check_paths(data=data, val=val, views=views)  # --init / --teacher: the engine says "no such checkpoint"
     for r in report:
         _check_paths(report=r)
     n_epochs = epochs or TrainConfig.epochs
@@ -176,7 +182,7 @@ def train(ctx, arch, data, val, val_split, split_seed, report, epochs, batch, lr
         distill_temp=distill_temp, val_split=val_split, split_seed=split_seed, report=list(report),
         soft_classes=soft_classes, loss=loss, focal_gamma=focal_gamma, class_weights=class_weights, cb_beta=cb_beta,
         aug=aug, scale=scale, translate=translate, jitter=jitter, downscale=downscale, blur=blur, gamma=gamma,
-        noise=noise, jpeg=jpeg, swa_start=swa_start, swa_lr=swa_lr,
+        noise=noise, jpeg=jpeg, swa_start=swa_start, swa_lr=swa_lr, views=views, view_prob=view_prob,
     )
     for key, v in _apply_preset(ctx, {"aug": aug}).items():
         setattr(cfg, key, v)
@@ -206,6 +212,60 @@ def report_cmd(ckpt, data, usage, json_out, threads):
     click.echo(format_report(ckpt, results))
     if json_out:
         write_report(json_out, ckpt, results)
+
+
+@train.command(name="adjust", context_settings={"max_content_width": 100})
+@click.argument("ckpt", type=click.Path())
+@click.option("-o", "--out", required=True, type=click.Path(), help="The adjusted checkpoint (.pth, with its sidecar).")
+@click.option("--tau", type=float, default=None, help="Use this tau instead of the best macro-F1 on the carve.")
+@click.option("--threads", type=int, default=None, help="Torch CPU threads.")
+def adjust_cmd(ckpt, out, tau, threads):
+    """Logit adjustment for the rare classes, chosen on the run's own carve and folded into the
+    output layer (train/adjust.py). Never reads a test split: score the result with `train report`."""
+    from .adjust import adjust
+
+    if tau is not None and not 0 <= tau <= 5:
+        raise EdgeferError(f"--tau must be in 0..5, not {tau}")
+    r = adjust(ckpt, out, tau=tau, threads=threads)
+    b, a = r["carve_before"], r["carve_after"]
+
+    def line(m):
+        rare = ", ".join(f"{c} {100 * m['recall'][c]:.1f}%" for c in ("disgust", "fear") if c in m["recall"])
+        return f"top-1 {100 * m['top1']:.2f}% macro-F1 {100 * m['macro_f1']:.2f}% ({rare})"
+
+    click.echo(f"carve, tau 0: {line(b)}")
+    click.echo(f"carve, tau {r['tau']:g} ({r['chosen_by']}): {line(a)}")
+    click.echo(f"-> {out}")
+
+
+@train.command(name="views", context_settings={"max_content_width": 100})
+@click.option("--data", required=True, type=click.Path(), help="Training data (the same file --data trains on).")
+@click.option("--arch", required=True, help="Architecture whose input size and colour the crops take.")
+@click.option("--per-face", type=int, default=2, show_default=True, help="Views per face.")
+@click.option("--sides", default="48-144", show_default=True, help="Pasted face side range in pixels (MIN-MAX).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--limit", type=int, default=None, help="Only the first N faces (smoke runs).")
+@click.option("-o", "--out", required=True, type=click.Path(), help="Output .npz.")
+def views_cmd(data, arch, per_face, sides, seed, limit, out):
+    """Crop every training face the way the runtime would: pasted into a frame, found by the bundled
+    detector, cut by the default crop rule (train/views.py). Train on them with --views."""
+    from .engine import arch_spec
+    from .views import make_views, save_views
+
+    _check_paths(data=data)
+    try:
+        lo, hi = (int(v) for v in sides.split("-"))
+    except ValueError:
+        raise EdgeferError(f"--sides {sides!r}: expected MIN-MAX in pixels, e.g. 48-144") from None
+    if Path(out).resolve() == Path(data).resolve():
+        raise EdgeferError("--out must not overwrite --data")
+    spec = arch_spec(arch)
+    made = make_views(data, tuple(spec["size"]), spec["color"], per_face=per_face, sides=(lo, hi), seed=seed,
+                      limit=limit)
+    save_views(out, made)
+    m = made["meta"]
+    click.echo(f"{out}: {m['count']} faces x {m['per_face']} views, detector found {m['found_pct']}% "
+               f"({m['seconds']:.0f} s)")
 
 
 def _check_paths(**paths: str | None) -> None:

@@ -120,6 +120,9 @@ class TrainConfig:
     teacher: str | list[str] | None = None  # distil from this checkpoint, or the mean of several (each's tta included)
     distill: float = 0.5  # weight of the teacher term; the labels keep 1 - distill
     distill_temp: float = 2.0  # softmax temperature of both sides of the teacher term
+    # runtime views (train/views.py): a share of the samples is the face as the runtime crops it
+    views: str | None = None  # an .npz of `edgefer train views` made from the same --data
+    view_prob: float = 0.5  # share of training samples drawn from their views (where the detector found the face)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -668,6 +671,20 @@ def _set_seed(seed: int, epoch: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch + 1])
 
 
+def with_views(x, idx: np.ndarray, views, found: np.ndarray, p: float, rng: np.random.Generator):
+    """The batch ``x`` (uint8, of rows ``idx``) with a share ``p`` of its faces swapped for one of their
+    runtime views (:mod:`.views`), drawn among the views where the detector found the face."""
+    f = found[idx]
+    use = np.flatnonzero((rng.random(len(idx)) < p) & f.any(1))
+    if not len(use):
+        return x
+    x = x.clone()
+    for b in use.tolist():
+        choices = np.flatnonzero(f[b])
+        x[b] = views[idx[b], int(choices[rng.integers(len(choices))])]
+    return x
+
+
 def _targets(labels: np.ndarray, soft: np.ndarray | None, k: int, smoothing: float):
     import torch
 
@@ -733,6 +750,16 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> dict[str
     k = len(classes)
     x_train = to_tensor(train_ds, spec["size"], spec["color"])
     x_val = to_tensor(val_ds, spec["size"], spec["color"])
+    x_views = f_views = None
+    if cfg.views:
+        from .views import load_views, views_for
+
+        loaded = load_views(cfg.views, train_ds.provenance.get("sha256"), spec["size"], spec["color"])
+        v_np, f_views = views_for(loaded, train_ds.rows)
+        x_views = torch.from_numpy(np.ascontiguousarray(v_np.transpose(0, 1, 4, 2, 3)))
+        del loaded, v_np
+        say(f"views: {cfg.views}: {int(f_views.any(1).sum())} of {len(train_ds)} training faces have runtime views "
+            f"({f_views.shape[1]} each, detector found {100 * f_views.mean():.1f}%); a share {cfg.view_prob:g} of samples uses one")
     say(f"data: {len(train_ds)} train ({train_ds.provenance.get('kind')}), {len(val_ds)} val, classes {', '.join(classes)}"
         f" [{time.time() - t0:.1f}s]")
     if selected_on["kind"] == "carved":
@@ -882,7 +909,10 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> dict[str
         bar = progress(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=cfg.quiet, unit="batch")
         for b in bar:
             idx = order[b * bs : (b + 1) * bs]
-            x = augment(x_train[idx].float(), cfg)
+            xb = x_train[idx]
+            if x_views is not None:
+                xb = with_views(xb, idx, x_views, f_views, cfg.view_prob, rng)
+            x = augment(xb.float(), cfg)
             x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
             soft = None if train_ds.soft is None else train_ds.soft[idx]
             t = _targets(train_ds.labels[idx], soft, k, cfg.label_smoothing)

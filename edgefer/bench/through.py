@@ -73,6 +73,19 @@ def _iou(a: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area, 1e-6)
 
 
+def find_pasted(detector: Any, frame: np.ndarray, box: np.ndarray, min_iou: float = 0.3):
+    """(boxes, landmarks) of the detection over the pasted square ``box`` (1 row each), or None."""
+    det = detector(frame)
+    if not len(det):
+        return None
+    ious = _iou(box, det.boxes)
+    j = int(np.argmax(ious))
+    if ious[j] < min_iou:
+        return None
+    lm = None if det.landmarks is None else det.landmarks[j:j + 1].copy()
+    return det.boxes[j:j + 1].copy(), lm
+
+
 class ThroughLoop:
     """The pasted frames of one labelled set and the detector's verdict on each, shared by every row.
 
@@ -107,15 +120,7 @@ class ThroughLoop:
     def _detection(self, side: int, k: int, frame: np.ndarray, box: np.ndarray):
         key = (side, k)
         if key not in self._found:
-            det = self.detector(frame)
-            hit = None
-            if len(det):
-                ious = _iou(box, det.boxes)
-                j = int(np.argmax(ious))
-                if ious[j] >= self.cfg.min_iou:
-                    lm = None if det.landmarks is None else det.landmarks[j:j + 1].copy()
-                    hit = (det.boxes[j:j + 1].copy(), lm)
-            self._found[key] = hit
+            self._found[key] = find_pasted(self.detector, frame, box, self.cfg.min_iou)
         return self._found[key]
 
     def probabilities(self, classifier: Any, progress: Callable[[int], None] | None = None) -> dict[int, dict[str, np.ndarray]]:
