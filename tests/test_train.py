@@ -564,6 +564,25 @@ def test_ferplus_votes_onto_fer2013_classes(tmp_path, small_sets):
     assert side["data"]["val"].get("soft_labels") is None  # validated on the data's own labels
 
 
+def test_soft_mix_blends_votes_into_the_datas_own_labels(tmp_path, small_sets):
+    from edgefer.cli import main
+
+    tr, _ = small_sets
+    raw = tdata.load_raw(tr, soft="ferplus")
+    votes = tdata.apply_soft(raw, "fer2013")
+    mixed = tdata.apply_soft(raw, "fer2013", mix=0.3)
+    assert np.array_equal(mixed.rows, votes.rows)  # the same FERPlus drop rule
+    own = raw.labels[np.searchsorted(raw.rows, mixed.rows)]
+    assert np.array_equal(mixed.labels, own)  # hard labels stay FER2013's, not the majority vote
+    onehot = np.eye(7, dtype=np.float32)[own]
+    np.testing.assert_allclose(mixed.soft, 0.7 * onehot + 0.3 * votes.soft, atol=1e-6)
+    assert (votes.labels != own).any()  # votes alone would have moved some labels
+    assert mixed.provenance["soft_mix"] == 0.3
+    with pytest.raises(tdata.EdgeferError, match="soft-classes fer2013"):
+        tdata.apply_soft(raw, "ferplus", mix=0.5)
+    assert main(["train", "--arch", "edgenet", "--data", str(tr), "--soft-mix", "0.5"]) == 2
+
+
 def test_focal_balanced_real_aug_and_swa_run_and_record(tmp_path, small_sets):
     """One epoch with focal loss, effective-number class weights, the camera augmentation preset and
     SWA: the config records each lever, SWA's averaged weights are evaluated on the carve."""

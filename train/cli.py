@@ -83,6 +83,8 @@ def _apply_preset(ctx: click.Context, values: dict) -> dict:
               help="FERPlus vote distributions as targets (KL loss): 'ferplus' or the path of fer2013new.csv.")
 @click.option("--soft-classes", type=click.Choice(["ferplus", "fer2013"]), default="ferplus", show_default=True,
               help="Soft labels over FERPlus's 8 emotions, or FER2013's 7 (contempt dropped, renormalised).")
+@click.option("--soft-mix", type=float, default=1.0, show_default=True,
+              help="With --soft-classes fer2013: targets (1-MIX) x the data's own label + MIX x the votes (1 = votes only).")
 @click.option("--loss", type=click.Choice(["ce", "focal"]), default="ce", show_default=True,
               help="Label loss: cross-entropy or focal (Lin et al. 2017).")
 @click.option("--focal-gamma", type=float, default=2.0, show_default=True)
@@ -127,7 +129,7 @@ def _apply_preset(ctx: click.Context, values: dict) -> dict:
 @click.option("-o", "--out", type=click.Path(), default=None, help="Output folder (default runs/<arch>).")
 @click.pass_context
 def train(ctx, arch, data, val, val_split, split_seed, report, epochs, batch, lr, opt, weight_decay, label_smoothing,
-          mixup, cutmix, mix_prob, ema, ema_decay, warmup, balanced, soft_labels, soft_classes, loss, focal_gamma,
+          mixup, cutmix, mix_prob, ema, ema_decay, warmup, balanced, soft_labels, soft_classes, soft_mix, loss, focal_gamma,
           class_weights, cb_beta, aug, erase, rotate, scale, translate, jitter, downscale, blur, gamma, noise, jpeg,
           swa_start, swa_lr, seed, threads, limit, resume, init, tta, teacher, distill, distill_temp, views, view_prob, out):
     """Train a zoo architecture; checkpoints export with `edgefer export` and no --arch.
@@ -163,6 +165,10 @@ def train(ctx, arch, data, val, val_split, split_seed, report, epochs, batch, lr
                     ("--jpeg", jpeg), ("--erase", erase)):
         if not 0 <= v <= 1:
             raise EdgeferError(f"{name} is a probability: 0..1, not {v}")
+    if not 0 <= soft_mix <= 1:
+        raise EdgeferError(f"--soft-mix must be in 0..1, not {soft_mix}")
+    if soft_mix < 1 and (not soft_labels or soft_classes != "fer2013"):
+        raise EdgeferError("--soft-mix below 1 needs --soft-labels and --soft-classes fer2013")
     if not 0 <= view_prob <= 1:
         raise EdgeferError(f"--view-prob is a probability: 0..1, not {view_prob}")
     if swa_start is not None and swa_start < 1:
@@ -180,7 +186,7 @@ def train(ctx, arch, data, val, val_split, split_seed, report, epochs, batch, lr
         erase=erase, rotate=rotate, threads=threads, limit=limit, quiet=quiet, command=command, init=init, tta=tta,
         teacher=(teacher[0] if len(teacher) == 1 else list(teacher)) if teacher else None, distill=distill,
         distill_temp=distill_temp, val_split=val_split, split_seed=split_seed, report=list(report),
-        soft_classes=soft_classes, loss=loss, focal_gamma=focal_gamma, class_weights=class_weights, cb_beta=cb_beta,
+        soft_classes=soft_classes, soft_mix=soft_mix, loss=loss, focal_gamma=focal_gamma, class_weights=class_weights, cb_beta=cb_beta,
         aug=aug, scale=scale, translate=translate, jitter=jitter, downscale=downscale, blur=blur, gamma=gamma,
         noise=noise, jpeg=jpeg, swa_start=swa_start, swa_lr=swa_lr, views=views, view_prob=view_prob,
     )

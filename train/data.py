@@ -259,14 +259,23 @@ def ferplus_to_fer2013(soft8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return keep, out
 
 
-def apply_soft(ds: Dataset, into: str = "ferplus") -> Dataset:
+def apply_soft(ds: Dataset, into: str = "ferplus", mix: float = 1.0) -> Dataset:
     """Turn a :func:`load_raw` dataset's FERPlus votes into targets (the FERPlus drop rule).
 
     ``into="ferplus"``: targets over FERPlus's 8 emotions (an 8-class model); ``"fer2013"``:
     over FER2013's 7 (contempt dropped, renormalised; :func:`ferplus_to_fer2013`), so a 7-class
     model learns from the votes and stays comparable with FER2013-labelled runs. Hard labels
     (for accuracy) are the majority vote over the chosen classes.
+
+    ``mix`` < 1 (``"fer2013"`` only): targets ``(1 - mix) * the data's own label + mix * the votes``,
+    and the hard labels stay the data's own: the votes inform the targets without replacing
+    FER2013's labels (a model scored on FER2013's labels loses the faces FERPlus moves to neutral
+    when the votes replace them; ``train/runs/edgenet-carved-r1``).
     """
+    if not 0.0 <= mix <= 1.0:
+        raise EdgeferError(f"--soft-mix must be in 0..1, not {mix}")
+    if mix < 1.0 and into != "fer2013":
+        raise EdgeferError("--soft-mix below 1 needs --soft-classes fer2013 (the data's own classes)")
     if ds.votes is None:
         return ds
     if into not in SOFT_CLASSES:
@@ -280,8 +289,16 @@ def apply_soft(ds: Dataset, into: str = "ferplus") -> Dataset:
         keep, soft_t, classes = keep & keep7, soft7, list(FER2013)
     idx = np.flatnonzero(keep)
     out = ds.subset(idx)
-    out.labels = soft_t[idx].argmax(axis=1).astype(np.int64)
-    out.soft = soft_t[idx]
+    if mix < 1.0:
+        own = align_classes(out, classes).labels  # the data's labels, in FER2013's order
+        t = np.zeros((len(idx), len(classes)), np.float32)
+        t[np.arange(len(idx)), own] = 1.0
+        out.labels = own.astype(np.int64)
+        out.soft = ((1.0 - mix) * t + mix * soft_t[idx]).astype(np.float32)
+        out.provenance["soft_mix"] = float(mix)
+    else:
+        out.labels = soft_t[idx].argmax(axis=1).astype(np.int64)
+        out.soft = soft_t[idx]
     out.votes = None
     out.classes = classes
     out.provenance.update(soft_labels="ferplus", soft_classes=into, dropped_no_face_or_unknown=int((~keep).sum()) - dropped_contempt)

@@ -104,6 +104,7 @@ class TrainConfig:
     class_weights: str | None = None  # None | "balanced" (1/n) | "effective" (Cui et al. 2019)
     cb_beta: float = 0.999  # beta of the effective number (1 - beta^n) / (1 - beta)
     soft_classes: str = "ferplus"  # classes FERPlus votes become targets over: "ferplus" (8) | "fer2013" (7)
+    soft_mix: float = 1.0  # < 1 (fer2013 classes): targets (1 - mix) * the data's label + mix * the votes
     # stochastic weight averaging (Izmailov et al. 2018)
     swa_start: int | None = None  # 1-based epoch from which the weights are averaged (None = off)
     swa_lr: float | None = None  # constant lr from swa_start on (None: keep the schedule)
@@ -648,7 +649,7 @@ def prepare_data(cfg: TrainConfig, spec: dict | None = None) -> tuple[Dataset, D
         train, val, selected_on = carve(train, cfg.val_split, cfg.split_seed)
         selected_on["limit"] = cfg.limit
     if cfg.soft_labels:
-        train = apply_soft(train, cfg.soft_classes)
+        train = apply_soft(train, cfg.soft_classes, cfg.soft_mix)
         if cfg.soft_classes == "ferplus":
             val = apply_soft(val, "ferplus")  # 8-class model: validated against the votes
         else:
