@@ -32,7 +32,6 @@ Decoding threads: ``thread_type = "AUTO"`` (frame and slice threads), measured a
 
 from __future__ import annotations
 
-import functools
 import math
 import threading
 from collections import deque
@@ -41,6 +40,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from .yuv420 import bgr_of_420, yuv_terms  # noqa: F401 - yuv_terms: the formula's tables, re-exported
 
 # av is imported on first use (about 0.1 s): a run on a camera or an image never pays for it.
 _AV: dict = {}
@@ -71,98 +72,8 @@ SEEK_MAX_DECODE = 1200
 SEEK_MAX_ERRORS = 64
 
 
-# -- exact 8-bit 4:2:0 -> BGR ------------------------------------------------------------------
-#
-# The formula (FFmpeg's x86 yuv2rgb, written down from its definition; every term is an integer
-# function of one 8-bit sample, so it is a lookup table):
-#   Ys(Y) = ((8*Y - y_off) * k_y) >> 16           y_off = 128 limited range, 0 full range
-#   Bu(U) = ((8*U - 1024) * k_ub) >> 16           Rv(V) = ((8*V - 1024) * k_vr) >> 16
-#   Gu(U) = ((8*U - 1024) * k_ug) >> 16           Gv(V) = ((8*V - 1024) * k_vg) >> 16
-#   B = clip(Ys + Bu), G = clip(Ys + Gu + Gv), R = clip(Ys + Rv)   (clip to 0..255)
-# with 13-bit coefficients derived from the matrix's Kr, Kb, and each chroma sample used for its
-# 2x2 block of luma samples (no chroma interpolation: swscale's unscaled converter does not
-# interpolate either). ``>>`` floors, as pmulhw does.
-
-# Kr, Kb per AVColorSpace (frame.colorspace); anything else -- unspecified, BT.470BG, SMPTE 170M,
-# and also YCgCo, which swscale refuses -- is converted as BT.601, swscale's and OpenCV's default.
-_KR_KB = {1: (0.2126, 0.0722), 4: (0.30, 0.11), 7: (0.212, 0.087), 9: (0.2627, 0.0593), 10: (0.2627, 0.0593)}
-_KR_KB_601 = (0.299, 0.114)
+# yuvj420p: the deprecated full-range twin of yuv420p (also flagged by color_range)
 _FULL_RANGE_FORMATS = ("yuvj420p",)
-_BIAS = 512  # keeps every table entry of the fast path positive (|term| < 300 for every matrix)
-
-
-def _round_shift16(x: int) -> int:
-    """round(x / 65536) with halves up, as swscale's roundToInt16 (exact integer arithmetic)."""
-    return (x + (1 << 15)) >> 16
-
-
-@functools.lru_cache(maxsize=16)
-def yuv_terms(colorspace: int, full_range: bool) -> tuple[np.ndarray, ...]:
-    """The five per-sample terms (Ys, Bu, Gu, Gv, Rv) as int32 arrays of 256 entries.
-
-    Coefficients are computed in exact integer arithmetic from Kr, Kb (the only floats are the
-    matrix constants, rounded once to 16.16 fixed point), so the tables are the same everywhere.
-    """
-    kr, kb = _KR_KB.get(int(colorspace), _KR_KB_601)
-    kg = 1.0 - kr - kb
-    # chroma coefficients in 16.16 for limited-range chroma (the 255/224 stretch folded in)
-    scale = 65536 * 255 / 224
-    crv, cbu, cgu, cgv = (
-        math.floor(scale * c + 0.5)
-        for c in (2 * (1 - kr), 2 * (1 - kb), 2 * (1 - kb) * kb / kg, 2 * (1 - kr) * kr / kg)
-    )
-    cgu, cgv = -cgu, -cgv
-    if full_range:  # no luma stretch; chroma back to 224/255, truncated toward zero as in C
-        cy, oy = 1 << 16, 0
-        crv, cbu, cgu, cgv = (int(math.copysign(abs(c) * 224 // 255, c)) for c in (crv, cbu, cgu, cgv))
-    else:
-        cy, oy = (65536 * 255) // 219, 16 << 16
-    k_y, k_vr, k_ub, k_vg, k_ug = (_round_shift16(c << 13) for c in (cy, crv, cbu, cgv, cgu))
-    y_off = _round_shift16(oy << 3)
-    v = np.arange(256, dtype=np.int64)
-    ys = (((v << 3) - y_off) * k_y) >> 16
-    c = (v << 3) - 1024
-
-    def term(k: int) -> np.ndarray:
-        return ((c * k) >> 16).astype(np.int32)
-
-    return ys.astype(np.int32), term(k_ub), term(k_ug), term(k_vg), term(k_vr)
-
-
-@functools.lru_cache(maxsize=16)
-def _fast_tables(colorspace: int, full_range: bool) -> tuple[np.ndarray, ...]:
-    """The terms rearranged for the fast path: every channel is ``P[Y] - N_c[U, V]`` with P, N_c >= 0.
-
-    P = Ys + BIAS (uint16, full resolution), N_b = BIAS - Bu, N_r = BIAS - Rv (uint16) and
-    N_g = (BIAS - Gu) - Gv (int16 tables, the difference is positive). A saturating uint16
-    subtraction P - N then clips below at 0 exactly, and a saturating conversion to uint8 clips
-    above at 255: both are exact integer operations, whatever the CPU.
-    """
-    ys, bu, gu, gv, rv = yuv_terms(colorspace, full_range)
-    if max(int(np.abs(t).max()) for t in (ys, bu, rv)) >= _BIAS or int(np.abs(gu).max() + np.abs(gv).max()) >= _BIAS:
-        raise ValueError(f"colour terms out of the fast path's range for colorspace {colorspace}")
-    return (
-        (ys + _BIAS).astype(np.uint16).reshape(1, 256),
-        (_BIAS - bu).astype(np.uint16).reshape(1, 256),
-        (_BIAS - gu).astype(np.int16).reshape(1, 256),
-        gv.astype(np.int16).reshape(1, 256),
-        (_BIAS - rv).astype(np.uint16).reshape(1, 256),
-    )
-
-
-# Scratch planes of the fast path, per thread (the reader thread and the caller may both convert)
-# and per frame size: a fresh 1080p scratch each frame costs more in page faults than the maths.
-_SCRATCH = threading.local()
-
-
-def _scratch(h: int, w: int) -> tuple[np.ndarray, ...]:
-    held = getattr(_SCRATCH, "planes", None)
-    if held is None or held[0].shape != (h, w):
-        held = (np.empty((h, w), np.uint16), np.empty((h, w), np.uint16)) + tuple(
-            np.empty((h, w), np.uint8) for _ in range(3)
-        )
-        _SCRATCH.planes = held
-    return held
 
 
 def frame_planes(frame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -170,32 +81,6 @@ def frame_planes(frame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return tuple(
         np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, : p.width] for p in frame.planes[:3]
     )
-
-
-def bgr_of_420(y: np.ndarray, u: np.ndarray, v: np.ndarray, colorspace: int = 2, full_range: bool = False) -> np.ndarray:
-    """BGR (h x w x 3 uint8) of 8-bit 4:2:0 planes by the formula above: same pixels on every CPU.
-
-    ``y`` is h x w (h even), ``u``/``v`` are h/2 x ceil(w/2). Only integer operations with defined
-    results: cv2.LUT, saturating uint16/int16 cv2.subtract, cv2.merge (the horizontal chroma
-    doubling), cv2.convertScaleAbs of non-negative integers below 2**24 (exact: a saturating cast),
-    and strided row views for the vertical doubling (even and odd luma rows share a chroma row).
-    """
-    h, w = y.shape
-    ch, cw = u.shape
-    if h % 2 or ch != h // 2 or cw != (w + 1) // 2 or v.shape != u.shape:
-        raise ValueError(f"not 4:2:0 planes: Y {y.shape}, U {u.shape}, V {v.shape}")
-    p_t, nb_t, ngu_t, gv_t, nr_t = _fast_tables(int(colorspace), bool(full_range))
-    p, s, *outs = _scratch(h, w)
-    cv2.LUT(y, p_t, dst=p)
-    n_g = cv2.subtract(cv2.LUT(u, ngu_t), cv2.LUT(v, gv_t)).view(np.uint16)
-    for n, out in zip((cv2.LUT(u, nb_t), n_g, cv2.LUT(v, nr_t)), outs, strict=True):
-        wide = cv2.merge([n, n]).reshape(ch, 2 * cw)  # each chroma sample twice along the row
-        if 2 * cw != w:
-            wide = wide[:, :w]
-        cv2.subtract(p[0::2], wide, dst=s[0::2])
-        cv2.subtract(p[1::2], wide, dst=s[1::2])
-        cv2.convertScaleAbs(s, dst=out)
-    return cv2.merge(outs)
 
 
 def is_exact_420(frame) -> bool:

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import pytest
 
+from edgefer import yuv420
 from edgefer.avdecode import AVCapture, bgr_of, bgr_of_420, frame_planes, yuv_terms
 from edgefer.capture import decode_only_fps, open_video_file
 from edgefer.errors import EdgeferError
@@ -280,6 +281,55 @@ def test_fast_path_equals_numpy_reference_for_every_matrix_and_range(size):
             assert np.array_equal(got, _reference_bgr(y, u, v, cs, full)), (cs, full)
     with pytest.raises(ValueError, match="not 4:2:0"):
         bgr_of_420(y[:-1], u, v)
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["limited", "full"])
+@pytest.mark.parametrize("cs", [1, 2, 9])
+def test_every_yuv_combination_through_both_paths(cs, full):
+    """All 256**3 (Y, U, V): each chroma sample's 2x2 block holds 4 luma values, 64 frames cover
+    every Y. Frames whose luma is all in range take the 8-bit path (and are checked on the wide
+    path as well), the others the wide path; an odd width drops the last column."""
+    ys, bu, gu, gv, rv = yuv_terms(cs, full)
+    u, v = np.meshgrid(np.arange(256, dtype=np.uint8), np.arange(256, dtype=np.uint8), indexing="ij")
+    chroma = [bu[u], gu[u] + gv[v], rv[v]]
+    t = yuv420._fast_tables(cs, full)
+    paths = 0
+    for k in range(64):
+        for w in (512, 511):
+            y = np.tile((4 * k + np.arange(4, dtype=np.uint8)).reshape(2, 2), (256, 256))[:, :w]
+            want = np.clip(np.dstack([ys[y] + c.repeat(2, 0).repeat(2, 1)[:, :w] for c in chroma]), 0, 255)
+            assert np.array_equal(bgr_of_420(y, u, v, cs, full), want), (k, w)
+            assert np.array_equal(yuv420._bgr_wide(y, u, v, t, w), want), (k, w)
+            if t.identity or t.y_lo <= 4 * k and 4 * k + 3 <= t.y_hi:
+                assert np.array_equal(yuv420._bgr_8bit(y, u, v, t, w), want), (k, w)
+                paths += 1
+    assert paths == (128 if full else 110)  # limited range: Y 16..235 in the 8-bit path
+
+
+@pytest.mark.parametrize("size", [(96, 64), (97, 50), (1281, 722)])
+def test_path_choice_by_luma_range(size, monkeypatch):
+    """In-range luma (limited range: Y 16..235) and any full-range frame take the 8-bit path; one
+    superwhite or subblack sample sends the frame to the wide path. Same pixels either way."""
+    w, h = size
+    rng = np.random.default_rng(w + h)
+    y = rng.integers(16, 236, (h, w), dtype=np.uint8)
+    u, v = rng.integers(0, 256, (2, h // 2, (w + 1) // 2), dtype=np.uint8)
+    taken = []
+    for name in ("_bgr_8bit", "_bgr_wide"):
+        real = getattr(yuv420, name)
+        monkeypatch.setattr(yuv420, name, lambda *a, real=real, name=name: taken.append(name) or real(*a))
+    for luma, full, path in [
+        (y, False, "_bgr_8bit"),
+        (y, True, "_bgr_8bit"),
+        (np.where(np.arange(w) == w - 1, 236, y).astype(np.uint8), False, "_bgr_wide"),  # superwhite
+        (np.where(np.arange(w) == 0, 15, y).astype(np.uint8), False, "_bgr_wide"),  # subblack
+        (rng.integers(0, 256, (h, w), dtype=np.uint8), True, "_bgr_8bit"),
+    ]:
+        taken.clear()
+        for cs in (1, 2, 9):
+            got = bgr_of_420(luma, u, v, cs, full)
+            assert np.array_equal(got, _reference_bgr(luma, u, v, cs, full)), (cs, full, path)
+        assert taken == [path] * 3
 
 
 @pytest.mark.skipif(not X86, reason="swscale's formula is the x86 one; other CPUs round otherwise")
