@@ -141,7 +141,9 @@ def test_calibrate_cli_writes_npz_that_export_reads(tmp_path, fer_csv, capsys):
     assert d["images"].shape == (28, 48, 48, 1)  # the default classifier's input (EdgeNet, 48 px gray)
     assert [str(c) for c in d["classes"]] == list(FER2013)
     prov = json.loads(str(d["provenance"]))
-    assert prov["model"] == "edgenet" and prov["count"] == 28
+    from edgefer.artifact import DEFAULT_CLASSIFIER
+
+    assert prov["model"] == DEFAULT_CLASSIFIER and prov["count"] == 28
     t = open_labeled(out, require_labels=False)
     assert len(t) == 28 and t.details["collected_by"]["kind"] == "fer2013-csv"
 

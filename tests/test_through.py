@@ -58,7 +58,9 @@ def test_paste_puts_the_resized_face_at_its_box():
 def test_loop_classifies_exactly_what_run_classifies(faces):
     images, labels, _ = faces
     loop = ThroughLoop(FaceDetector("retinaface-mnet025", backend="onnxruntime"), images[:6], ThroughConfig(sizes=(112,)))
-    clf = EmotionClassifier("edgenet", backend="onnxruntime")
+    from edgefer.artifact import DEFAULT_CLASSIFIER
+
+    clf = EmotionClassifier(DEFAULT_CLASSIFIER, backend="onnxruntime")  # what `run` classifies with
     got = loop.probabilities(clf)[112]
     assert got["found"].sum() >= 4
     pipe = Pipeline(backend="onnxruntime", adaptive=False, smoothing=0.0, overlap=False)
