@@ -104,9 +104,9 @@ BUNDLED = {
     "mini-xception": "mini_xception.json",
     "mini-xception-cam": "mini_xception_cam.json",  # same weights + the in-graph CAM output (edgefer.explain)
     "retinaface-mnet025": "retinaface_mnet025.json",
-    # our edge-first classifier, trained here: the default (train/runs/edgenet-fer2013-s4, the face and
-    # its mirror image in one batch-2 inference), its CAM twin, and the one-inference student distilled
-    # from it (train/runs/edgenet-fer2013-s5) for machines where the second pass costs too much
+    # our edge-first classifier, trained here: the previous default (train/runs/edgenet-fer2013-s4, its
+    # epochs selected on PublicTest; the face and its mirror image in one batch-2 inference), its CAM
+    # twin, and the one-inference student distilled from it (train/runs/edgenet-fer2013-s5)
     "edgenet": "edgenet.json",
     "edgenet-cam": "edgenet_cam.json",
     "edgenet-fast": "edgenet_fast.json",
