@@ -20,20 +20,20 @@ from edgefer.train.data import to_tensor
 from edgefer.train.engine import load_trained
 
 torch.set_num_threads(2)
-d = np.load("../shared/data/fer2013/train.npz")
-votes, cols = d["ferplus_votes"], [str(c) for c in d["ferplus_columns"]]
 val = None
 for c in sys.argv[1:]:
     model, side = load_trained(c)
     if val is None:
-        _, val = carve_of(side)
-        v = votes[val.rows]; top = v.max(1); tied = (v == top[:, None]).sum(1) > 1
-        win = np.array(cols)[v.argmax(1)]
-        keep = np.flatnonzero((top > 0) & ~tied & np.isin(win, list(mc.FERPLUS_TO_FER)))
-        fp = np.array([side["classes"].index(mc.FERPLUS_TO_FER[w]) for w in win[keep]])
+        _, val = carve_of(side)  # the run's own data and carve, checked against its recorded rows
+        with np.load(side["training"]["data"], allow_pickle=False) as d:
+            votes, cols = d["ferplus_votes"], [str(c_) for c_ in d["ferplus_columns"]]
+        keep, names = mc.majority_rows(votes[val.rows], cols)
+        fp = np.array([side["classes"].index(n) for n in names])
         x = to_tensor(val, side["input"]["size"], side["input"]["color"])
-    mean = torch.tensor(side["input"]["mean"]).view(1, -1, 1, 1); std = torch.tensor(side["input"]["std"]).view(1, -1, 1, 1)
+    mean = torch.tensor(side["input"]["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(side["input"]["std"]).view(1, -1, 1, 1)
     p, m = logits_of(model.to(memory_format=torch.channels_last), x, mean, std)
     pred = decide(p, m if side.get("tta") == "flip" else None, np.zeros(p.shape[1]))
-    a = 100 * (pred == val.labels).mean(); b = 100 * (pred[keep] == fp).mean()
-    print(f"{c}: carve FER2013 labels {a:.2f}%  carve FERPlus majority {b:.2f}% ({len(keep)} faces)  mean {(a+b)/2:.2f}")
+    a = 100 * (pred == val.labels).mean()
+    b = 100 * (pred[keep] == fp).mean()
+    print(f"{c}: carve FER2013 labels {a:.2f}%  carve FERPlus majority {b:.2f}% ({len(keep)} faces)  mean {(a + b) / 2:.2f}")

@@ -84,23 +84,30 @@ FERPLUS_TO_FER = {"neutral": "neutral", "happiness": "happy", "surprise": "surpr
                   "anger": "angry", "disgust": "disgust", "fear": "fear"}
 
 
-def ferplus_majority(path: str) -> tuple[np.ndarray, np.ndarray] | None:
+def majority_rows(votes: np.ndarray, cols: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(rows, FER2013 class names) of the faces whose FERPlus majority vote is one emotion of FER2013's 7.
 
+    Rows with a tied majority or a majority for contempt/unknown/not-a-face are left out.
+    """
+    top = votes.max(1)
+    tied = (votes == top[:, None]).sum(1) > 1
+    winner = np.array(cols)[votes.argmax(1)]
+    keep = np.flatnonzero((top > 0) & ~tied & np.isin(winner, list(FERPLUS_TO_FER)))
+    return keep, np.array([FERPLUS_TO_FER[w] for w in winner[keep]])
+
+
+def ferplus_majority(path: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """:func:`majority_rows` of an .npz's ``ferplus_votes``; None when the file has no votes.
+
     Other annotators' labels for the same faces (FERPlus: 10 votes a face): a model that learnt
-    FER2013's own label noise rather than the expressions loses here. Rows with a tied majority or
-    a majority for contempt/unknown/not-a-face are left out. None when the file has no votes.
+    FER2013's own label noise rather than the expressions loses here.
     """
     try:
         with np.load(path, allow_pickle=False) as z:
             votes, cols = z["ferplus_votes"], [str(c) for c in z["ferplus_columns"]]
     except (KeyError, OSError, ValueError):
         return None
-    top = votes.max(1)
-    tied = (votes == top[:, None]).sum(1) > 1
-    winner = np.array(cols)[votes.argmax(1)]
-    keep = np.flatnonzero((top > 0) & ~tied & np.isin(winner, list(FERPLUS_TO_FER)))
-    return keep, np.array([FERPLUS_TO_FER[w] for w in winner[keep]])
+    return majority_rows(votes, cols)
 
 
 def score_names(probs: np.ndarray, classes: list[str], names: np.ndarray) -> dict:
