@@ -105,3 +105,18 @@ def test_training_on_views_runs_and_is_recorded(tmp_path, faces, made):
     assert main(["train", "--arch", "edgenet", "--data", str(faces), "--views", str(tmp_path / "no.npz")]) == 2
     assert main(["train", "--arch", "edgenet", "--data", str(faces), "--views", str(p), "--view-prob", "2"]) == 2
     assert json.loads((out / "metrics.json").read_text())["status"] == "done"
+
+
+def test_views_command_refuses_bad_options_in_one_line(tmp_path, faces, capsys):
+    from edgefer.cli import main
+
+    base = ["train", "views", "--data", str(faces), "--arch", "edgenet"]
+    assert main([*base, "--sides", "big", "-o", str(tmp_path / "v.npz")]) == 2
+    assert "MIN-MAX" in capsys.readouterr().err
+    assert main([*base, "--sides", "150-400", "-o", str(tmp_path / "v.npz")]) == 2  # does not fit the frame
+    assert "do not fit" in capsys.readouterr().err
+    assert main([*base, "--per-face", "0", "-o", str(tmp_path / "v.npz")]) == 2
+    assert main([*base, "-o", str(faces)]) == 2  # never over the training data
+    assert "overwrite" in capsys.readouterr().err
+    assert main(["train", "views", "--data", str(tmp_path / "none.npz"), "--arch", "edgenet", "-o", str(tmp_path / "v.npz")]) == 2
+    assert not (tmp_path / "v.npz").exists()

@@ -17,6 +17,9 @@ Examples:
   edgefer train --arch edgenet --data train.npz --report publictest.npz --epochs 80 --ema --mixup 0.2
   edgefer train --arch edgenet --data train.npz --aug real --loss focal --class-weights effective --swa-start 50
   edgefer train report runs/edgenet/best.pth --data publictest.npz --data posed6.npz --json report.json
+  edgefer train views --data train.npz --arch edgenet -o views.npz          # faces cropped as `run` crops them
+  edgefer train --arch edgenet --data train.npz --views views.npz --soft-labels ferplus --soft-classes fer2013 --soft-mix 0.3
+  edgefer train adjust runs/edgenet/best.pth -o runs/edgenet/adjusted.pth   # rare-class logit adjustment, on the carve
   edgefer train --arch edgenet --data fer2013.csv --soft-labels ferplus      # FERPlus votes, 8 classes
   edgefer train --arch resnet18 --data RAF-DB/basic --balanced
   edgefer train --resume runs/edgenet/last.pt                                # continue a stopped run
