@@ -20,6 +20,7 @@ from edgefer.train import data as tdata
 from edgefer.train.engine import TrainConfig, metrics_from, train
 
 from edgefer.classes import FER2013, FERPLUS, canonical
+from edgefer.errors import EdgeferError
 
 
 @pytest.fixture(scope="module")
@@ -622,6 +623,22 @@ def test_camera_augmentation_changes_pixels_only_when_on(pt):
         y = camera(x, TrainConfig(arch="edgenet", data="", **{k: 1.0}))
         assert y.shape == x.shape and float(y.min()) >= 0 and float(y.max()) <= 255
         assert float((y - x).abs().mean()) > 0.5, k
+
+
+def test_teacher_beside_soft_labels(tmp_path, small_sets):
+    """A teacher distils beside FERPlus votes blended into the labels (the label term is the soft
+    targets); a teacher whose classes differ from the run's (FERPlus's 8) is refused in one line."""
+    from edgefer.train.checkpoint import read_sidecar
+
+    t4 = need(S4)
+    tr, _ = small_sets
+    train(TrainConfig(data=str(tr), limit=128, teacher=str(t4), distill=0.5, soft_labels="ferplus",
+                      soft_classes="fer2013", soft_mix=0.3, out=str(tmp_path / "both"), **FAST))
+    side = read_sidecar(tmp_path / "both" / "best.pth")
+    assert side["training"]["teacher"] == str(t4) and side["data"]["train"]["soft_classes"] == "fer2013"
+    with pytest.raises(EdgeferError, match="classes"):
+        train(TrainConfig(data=str(tr), limit=128, teacher=str(t4), soft_labels="ferplus",
+                          out=str(tmp_path / "eight"), **FAST))
 
 
 def test_ensemble_teacher_averages_and_records(tmp_path, small_sets):

@@ -803,8 +803,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> dict[str
     ema = EMA(model, cfg.ema_decay) if cfg.ema else None
     teachers = []
     if cfg.teachers():
-        if train_ds.soft is not None:
-            raise EdgeferError("--teacher and --soft-labels are exclusive")
+        # with --soft-labels the label term is the soft targets; a teacher must share the run's classes
         for tp in cfg.teachers():
             tm, tta_, _ = load_teacher(tp, cfg, spec, classes)
             teachers.append((tm.to(memory_format=torch.channels_last), tta_))
