@@ -6,6 +6,10 @@ in train.npz; faces with a tie or a contempt/unknown/not-a-face majority are lef
 mean: the rule that picked ``edgenet2`` (train/README.md, "Runs"). Never reads PublicTest.
 
     python benchmarks/carve_selection.py train/runs/A/best.pth train/runs/B/best.pth ...
+
+With two or more checkpoints a last line scores their ensemble the same way: the mean of each
+model's probabilities (its flip included when its sidecar says ``tta: flip``), as ``--teacher``
+averages them.
 """
 import sys
 from pathlib import Path
@@ -15,12 +19,21 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import model_cards as mc
-from edgefer.train.adjust import carve_of, decide, logits_of
+from edgefer.train.adjust import _softmax, carve_of, logits_of
 from edgefer.train.data import to_tensor
 from edgefer.train.engine import load_trained
 
 torch.set_num_threads(2)
 val = None
+probs = []
+
+
+def line(name: str, pred: np.ndarray) -> None:
+    a = 100 * (pred == val.labels).mean()
+    b = 100 * (pred[keep] == fp).mean()
+    print(f"{name}: carve FER2013 labels {a:.2f}%  carve FERPlus majority {b:.2f}% ({len(keep)} faces)  mean {(a + b) / 2:.2f}")
+
+
 for c in sys.argv[1:]:
     model, side = load_trained(c)
     if val is None:
@@ -33,7 +46,8 @@ for c in sys.argv[1:]:
     mean = torch.tensor(side["input"]["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(side["input"]["std"]).view(1, -1, 1, 1)
     p, m = logits_of(model.to(memory_format=torch.channels_last), x, mean, std)
-    pred = decide(p, m if side.get("tta") == "flip" else None, np.zeros(p.shape[1]))
-    a = 100 * (pred == val.labels).mean()
-    b = 100 * (pred[keep] == fp).mean()
-    print(f"{c}: carve FER2013 labels {a:.2f}%  carve FERPlus majority {b:.2f}% ({len(keep)} faces)  mean {(a + b) / 2:.2f}")
+    prob = (_softmax(p) + _softmax(m)) / 2 if side.get("tta") == "flip" else _softmax(p)
+    probs.append(prob)
+    line(c, prob.argmax(1))
+if len(probs) > 1:
+    line(f"ensemble of {len(probs)}", np.mean(probs, 0).argmax(1))
