@@ -626,16 +626,22 @@ def test_camera_augmentation_changes_pixels_only_when_on(pt):
 
 
 def test_teacher_beside_soft_labels(tmp_path, small_sets):
-    """A teacher distils beside FERPlus votes blended into the labels (the label term is the soft
-    targets); a teacher whose classes differ from the run's (FERPlus's 8) is refused in one line."""
-    from edgefer.train.checkpoint import read_sidecar
+    """A teacher distils beside FERPlus votes blended into the labels: with --distill 0 the run is
+    the soft-label run to the bit (the label term is the soft targets), with 0.5 the teacher moves
+    the weights; a teacher whose classes differ from the run's (FERPlus's 8) is refused in one line."""
+    from edgefer.train.checkpoint import load_state_dict, read_sidecar
 
     t4 = need(S4)
     tr, _ = small_sets
-    train(TrainConfig(data=str(tr), limit=128, teacher=str(t4), distill=0.5, soft_labels="ferplus",
-                      soft_classes="fer2013", soft_mix=0.3, out=str(tmp_path / "both"), **FAST))
+    soft = dict(data=str(tr), limit=128, soft_labels="ferplus", soft_classes="fer2013", soft_mix=0.3, **FAST)
+    train(TrainConfig(teacher=str(t4), distill=0.5, out=str(tmp_path / "both"), **soft))
+    train(TrainConfig(teacher=str(t4), distill=0.0, out=str(tmp_path / "zero"), **soft))
+    train(TrainConfig(out=str(tmp_path / "soft"), **soft))
     side = read_sidecar(tmp_path / "both" / "best.pth")
     assert side["training"]["teacher"] == str(t4) and side["data"]["train"]["soft_classes"] == "fer2013"
+    w = {k: load_state_dict(tmp_path / k / "best.pth") for k in ("both", "zero", "soft")}
+    assert all(torch.equal(w["zero"][n], w["soft"][n]) for n in w["soft"])
+    assert not all(torch.equal(w["both"][n], w["soft"][n]) for n in w["soft"])
     with pytest.raises(EdgeferError, match="classes"):
         train(TrainConfig(data=str(tr), limit=128, teacher=str(t4), soft_labels="ferplus",
                           out=str(tmp_path / "eight"), **FAST))
