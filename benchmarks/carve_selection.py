@@ -23,6 +23,8 @@ from edgefer.train.adjust import _softmax, carve_of, logits_of
 from edgefer.train.data import to_tensor
 from edgefer.train.engine import load_trained
 
+from edgefer.errors import EdgeferError
+
 torch.set_num_threads(2)
 val = None
 probs = []
@@ -34,15 +36,26 @@ def line(name: str, pred: np.ndarray) -> None:
     print(f"{name}: carve FER2013 labels {a:.2f}%  carve FERPlus majority {b:.2f}% ({len(keep)} faces)  mean {(a + b) / 2:.2f}")
 
 
+def fail(msg: str) -> None:
+    print(f"carve_selection: {msg}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 for c in sys.argv[1:]:
-    model, side = load_trained(c)
-    if val is None:
-        _, val = carve_of(side)  # the run's own data and carve, checked against its recorded rows
-        with np.load(side["training"]["data"], allow_pickle=False) as d:
-            votes, cols = d["ferplus_votes"], [str(c_) for c_ in d["ferplus_columns"]]
-        keep, names = mc.majority_rows(votes[val.rows], cols)
-        fp = np.array([side["classes"].index(n) for n in names])
-        x = to_tensor(val, side["input"]["size"], side["input"]["color"])
+    try:
+        model, side = load_trained(c)
+        if val is None:
+            _, val = carve_of(side)  # the run's own data and carve, checked against its recorded rows
+            carve = side["selected_on"]["rows_sha256"]
+            with np.load(side["training"]["data"], allow_pickle=False) as d:
+                votes, cols = d["ferplus_votes"], [str(c_) for c_ in d["ferplus_columns"]]
+            keep, names = mc.majority_rows(votes[val.rows], cols)
+            fp = np.array([side["classes"].index(n) for n in names])
+            x = to_tensor(val, side["input"]["size"], side["input"]["color"])
+    except EdgeferError as e:
+        fail(f"{c}: {e}")
+    if (side.get("selected_on") or {}).get("rows_sha256") != carve:  # else scored on faces it may have trained on
+        fail(f"{c} was not selected on the same carve as {sys.argv[1]}")
     mean = torch.tensor(side["input"]["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(side["input"]["std"]).view(1, -1, 1, 1)
     p, m = logits_of(model.to(memory_format=torch.channels_last), x, mean, std)

@@ -670,3 +670,22 @@ def test_ensemble_teacher_averages_and_records(tmp_path, small_sets):
     assert saw_validation(s4, carved)
     assert saw_validation({**s4, "selected_on": {"kind": "carved", "rows_sha256": "sha256:x"}}, carved) is None
     assert saw_validation(s4, {**carved, "data_sha256": "sha256:other"}) is None
+
+
+def test_carve_selection_refuses_a_checkpoint_of_another_carve():
+    """benchmarks/carve_selection.py scores checkpoints on the first one's carve: a checkpoint not
+    selected on that carve (the PublicTest-selected stage 4, trained on every training face) is
+    refused in one line, exit 2, before it is scored on faces it trained on."""
+    import subprocess
+    import sys
+
+    shared_file("data/fer2013/train.npz")
+    r2, s4 = REPO / "train/runs/edgenet-carved-r2/best.pth", need(S4)
+    if not r2.is_file():
+        pytest.skip("train/runs/edgenet-carved-r2/best.pth is not here")
+    run = subprocess.run([sys.executable, "benchmarks/carve_selection.py", str(r2.relative_to(REPO)), str(s4)],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert "not selected on the same carve" in run.stderr.strip().splitlines()[-1]
+    got = float(run.stdout.split("carve FER2013 labels ")[1].split("%")[0])
+    assert abs(got - 68.81) < 0.2  # the first one was scored, as the runs table says (CPUs may round apart)
