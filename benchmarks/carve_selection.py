@@ -7,6 +7,12 @@ mean: the rule that picked ``edgenet2`` (train/README.md, "Runs"). Never reads P
 
     python benchmarks/carve_selection.py train/runs/A/best.pth train/runs/B/best.pth ...
 
+Each line also gives the carve's macro-F1 and disgust / fear recall against FER2013's labels (the
+issue's rare-class target; a logit adjustment moves these, see ``edgefer train adjust``), and, for
+every checkpoint after the first, its top-1 difference from the first on each annotation with the
+standard error of that paired difference (from the faces on which the two disagree): a difference
+within about one standard error is noise. Pass the current default first.
+
 With two or more checkpoints a last line scores their ensemble the same way: the mean of each
 model's probabilities (its flip included when its sidecar says ``tta: flip``), as ``--teacher``
 averages them.
@@ -21,19 +27,38 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import model_cards as mc
 from edgefer.train.adjust import _softmax, carve_of, logits_of
 from edgefer.train.data import to_tensor
-from edgefer.train.engine import load_trained
+from edgefer.train.engine import load_trained, metrics_from
 
 from edgefer.errors import EdgeferError
 
 torch.set_num_threads(2)
 val = None
 probs = []
+first = None  # the first checkpoint's predictions: the reference of the paired differences
+
+
+def paired(pred: np.ndarray, ref: np.ndarray, truth: np.ndarray) -> str:
+    """Top-1 difference (points) of ``pred`` over ``ref`` on the same faces, with its standard error."""
+    d = (pred == truth).astype(np.float64) - (ref == truth)
+    return f"{100 * d.mean():+.2f} ± {100 * d.std(ddof=1) / np.sqrt(len(d)):.2f}"
 
 
 def line(name: str, pred: np.ndarray) -> None:
+    global first
     a = 100 * (pred == val.labels).mean()
     b = 100 * (pred[keep] == fp).mean()
-    print(f"{name}: carve FER2013 labels {a:.2f}%  carve FERPlus majority {b:.2f}% ({len(keep)} faces)  mean {(a + b) / 2:.2f}")
+    k = len(classes)
+    cm = np.zeros((k, k), np.int64)
+    np.add.at(cm, (val.labels, pred), 1)
+    m = metrics_from(cm)
+    rare = "  ".join(f"{c} {100 * m['recall'][classes.index(c)]:.1f}%" for c in ("disgust", "fear") if c in classes)
+    vs = ""
+    if first is None:
+        first = pred
+    else:
+        vs = f"\n    vs the first: FER2013 labels {paired(pred, first, val.labels)}  FERPlus majority {paired(pred[keep], first[keep], fp)}"
+    print(f"{name}: carve FER2013 labels {a:.2f}%  carve FERPlus majority {b:.2f}% ({len(keep)} faces)  mean {(a + b) / 2:.2f}"
+          f"\n    macro-F1 {100 * m['macro_f1']:.2f}%  {rare}{vs}")
 
 
 def fail(msg: str) -> None:
@@ -50,7 +75,8 @@ for c in sys.argv[1:]:
             with np.load(side["training"]["data"], allow_pickle=False) as d:
                 votes, cols = d["ferplus_votes"], [str(c_) for c_ in d["ferplus_columns"]]
             keep, names = mc.majority_rows(votes[val.rows], cols)
-            fp = np.array([side["classes"].index(n) for n in names])
+            classes = list(side["classes"])
+            fp = np.array([classes.index(n) for n in names])
             x = to_tensor(val, side["input"]["size"], side["input"]["color"])
     except EdgeferError as e:
         fail(f"{c}: {e}")
