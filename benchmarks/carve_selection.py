@@ -3,7 +3,7 @@
 For each checkpoint (all from runs on the same carve), prints its top-1 on the carved validation
 faces against FER2013's labels and against FERPlus's majority vote of the same faces (the votes
 in train.npz; faces with a tie or a contempt/unknown/not-a-face majority are left out), and their
-mean: the rule that picked ``edgenet2`` (train/README.md, "Runs"). Never reads PublicTest.
+mean: the rule that picked ``edgenet2`` and the weights of ``edgenet3`` (train/README.md, "Runs"). Never reads PublicTest.
 
     python benchmarks/carve_selection.py train/runs/A/best.pth train/runs/B/best.pth ...
 

@@ -110,20 +110,26 @@ BUNDLED = {
     "edgenet": "edgenet.json",
     "edgenet-cam": "edgenet_cam.json",
     "edgenet-fast": "edgenet_fast.json",
-    # the default since issue 15: EdgeNet selected on a carve of the training data, never on a test
-    # split (train/runs/edgenet-carved-r2, then -r3-views-mix: runtime views and FERPlus votes
-    # blended into FER2013's labels), its CAM twin, and the same weights in one pass (no flip)
+    # the first default selected on a carve of the training data, never on a test split
+    # (train/runs/edgenet-carved-r2, then -r3-views-mix: runtime views and FERPlus votes blended into
+    # FER2013's labels), its CAM twin, and the same weights in one pass (no flip)
     "edgenet2": "edgenet2.json",
     "edgenet2-cam": "edgenet2_cam.json",
     "edgenet2-fast": "edgenet2_fast.json",
+    # the default: edgenet2's weights distilled from an ensemble of carve-selected students beside
+    # FERPlus votes (train/runs/edgenet-carved-r6-distill-mix, then -r7-distill-mix), with the
+    # logit adjustment chosen on the same carve folded into its output layer (rare-class recall)
+    "edgenet3": "edgenet3.json",
+    "edgenet3-cam": "edgenet3_cam.json",
+    "edgenet3-fast": "edgenet3_fast.json",
 }
 ALIASES = {
-    "default": "edgenet2",
+    "default": "edgenet3",
     "fer": "mini-xception",
     "mini_xception": "mini-xception",
     "retinaface": "retinaface-mnet025",
 }
-DEFAULT_CLASSIFIER = "edgenet2"
+DEFAULT_CLASSIFIER = "edgenet3"
 DEFAULT_DETECTOR = "retinaface-mnet025"
 
 

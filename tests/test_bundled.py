@@ -10,7 +10,8 @@ from edgefer.classify import EmotionClassifier
 
 
 @pytest.mark.parametrize("name, min_top1", [("mini-xception", 65.0), ("edgenet", 69.5), ("edgenet-fast", 69.0),
-                                            ("edgenet2", 68.2), ("edgenet2-fast", 66.8)])
+                                            ("edgenet2", 68.2), ("edgenet2-fast", 66.8),
+                                            ("edgenet3", 68.1), ("edgenet3-fast", 67.5)])
 def test_bundled_classifier_accuracy(name, min_top1, publictest):
     art = load(name)  # verifies every checksum
     assert art.manifest.kind == "classifier" and art.manifest.precision == "fp32"
@@ -27,15 +28,15 @@ def test_every_bundled_name_loads():
         assert load(name).manifest.name
 
 
-@pytest.mark.parametrize("name", ["edgenet2", "edgenet"])
+@pytest.mark.parametrize("name", ["edgenet3", "edgenet2", "edgenet"])
 def test_edgenets_and_their_cam_twins_match(name, publictest):
-    """The default classifier is EdgeNet 2 (selected on a carve of the training data) with the
-    in-graph flip; each EdgeNet's CAM twin gives the same probabilities, a face and its mirror image
+    """The default classifier is EdgeNet 3 (selected and adjusted on a carve of the training data)
+    with the in-graph flip; each EdgeNet's CAM twin gives the same probabilities, a face and its mirror image
     get the same answer, and the -fast twin is one pass."""
     from edgefer.artifact import DEFAULT_CLASSIFIER
     from edgefer.align import resize_faces
 
-    assert DEFAULT_CLASSIFIER == "edgenet2" and load("default").manifest.name == "edgenet2"
+    assert DEFAULT_CLASSIFIER == "edgenet3" and load("default").manifest.name == "edgenet3"
     assert load(name).manifest.extra["tta"] == "flip" and "tta" not in (load(f"{name}-fast").manifest.extra or {})
     clf = EmotionClassifier(name, backend="onnxruntime")
     faces = resize_faces(publictest["images"][:64], clf.spec)
@@ -44,9 +45,12 @@ def test_edgenets_and_their_cam_twins_match(name, publictest):
     np.testing.assert_allclose(probs, p, atol=1e-5)
     assert cams.shape == (64, 7, 3, 3)
     np.testing.assert_allclose(clf.predict(np.ascontiguousarray(faces[:, :, ::-1])), p, atol=1e-5)
-    if name == "edgenet2":  # selected on the carve, never on PublicTest (the manifest says so)
-        sel = load(name).manifest.provenance["base"]["training"]["selected_on"]
+    if name != "edgenet":  # selected on the carve, never on PublicTest (the manifest says so)
+        training = load(name).manifest.provenance["base"]["training"]
+        sel = training["selected_on"]
         assert sel["kind"] == "carved" and "publictest" not in str(sel).lower()
+        if name == "edgenet3":  # its logit adjustment was chosen on that same carve
+            assert training["adjust"]["chosen_by"] == "best macro-F1 on the carve" and training["adjust"]["tau"] > 0
 
 
 def test_bundled_edgenet_finds_its_checkpoint_for_torch_side_exports(publictest):
@@ -57,7 +61,7 @@ def test_bundled_edgenet_finds_its_checkpoint_for_torch_side_exports(publictest)
     from edgefer.align import resize_faces
     from edgefer.export.source import bundled_torch_factory
 
-    for name in ("edgenet", "edgenet-fast", "edgenet2", "edgenet2-fast"):
+    for name in ("edgenet", "edgenet-fast", "edgenet2", "edgenet2-fast", "edgenet3", "edgenet3-fast"):
         art = load(name)
         clf = EmotionClassifier(name, backend="onnxruntime")
         faces = resize_faces(publictest["images"][:32], clf.spec)
