@@ -25,7 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import model_cards as mc
-from edgefer.train.adjust import _softmax, carve_of, logits_of
+from edgefer.classifier import softmax
+from edgefer.train.adjust import carve_of, logits_of
 from edgefer.train.data import to_tensor
 from edgefer.train.engine import load_trained, metrics_from
 
@@ -85,7 +86,7 @@ for c in sys.argv[1:]:
     mean = torch.tensor(side["input"]["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(side["input"]["std"]).view(1, -1, 1, 1)
     p, m = logits_of(model.to(memory_format=torch.channels_last), x, mean, std)
-    prob = (_softmax(p) + _softmax(m)) / 2 if side.get("tta") == "flip" else _softmax(p)
+    prob = (softmax(p) + softmax(m)) / 2 if side.get("tta") == "flip" else softmax(p)
     probs.append(prob)
     line(c, prob.argmax(1))
 if len(probs) > 1:

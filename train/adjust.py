@@ -20,15 +20,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from edgefer.classifier import softmax
 from edgefer.errors import EdgeferError
 
 DEFAULT_TAUS = tuple(round(0.05 * i, 2) for i in range(0, 31))  # 0 .. 1.5
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
 
 
 def decide(plain: np.ndarray, mirror: np.ndarray | None, bias: np.ndarray) -> np.ndarray:
@@ -36,7 +31,7 @@ def decide(plain: np.ndarray, mirror: np.ndarray | None, bias: np.ndarray) -> np
     of the two probabilities with ``tta: flip``)."""
     if mirror is None:
         return np.argmax(plain + bias, 1)
-    return np.argmax(_softmax(plain + bias) + _softmax(mirror + bias), 1)
+    return np.argmax(softmax(plain + bias) + softmax(mirror + bias), 1)
 
 
 def scores(pred: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
