@@ -21,6 +21,8 @@ def test_bundled_classifier_accuracy(name, min_top1, publictest):
     assert np.allclose(probs.sum(1), 1, atol=1e-4)
     top1 = 100 * float((probs.argmax(1) == publictest["labels"]).mean())
     assert top1 >= min_top1, f"{name}: {top1:.2f}% on PublicTest"
+    card = art.manifest.extra["card"]  # the model card states what this model scores, not a stale number
+    assert abs(card["publictest"]["top1"] - top1) < 0.1, f"{name}: card {card['publictest']['top1']}, measured {top1:.2f}"
 
 
 def test_every_bundled_name_loads():
