@@ -16,7 +16,11 @@ within about one standard error is noise. Pass the current default first.
 With two or more checkpoints a last line scores their ensemble the same way: the mean of each
 model's probabilities (its flip included when its sidecar says ``tta: flip``), as ``--teacher``
 averages them.
+
+``--bias fear=0.25`` (repeatable) also scores each checkpoint with that number added to one class's
+logit (face and mirror alike): what a per-class decision bias would buy and cost on the carve.
 """
+import argparse
 import sys
 from pathlib import Path
 
@@ -67,7 +71,19 @@ def fail(msg: str) -> None:
     raise SystemExit(2)
 
 
-for c in sys.argv[1:]:
+ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+ap.add_argument("ckpts", nargs="+", help="carve-selected checkpoints; the current default first")
+ap.add_argument("--bias", action="append", default=[], metavar="CLASS=B",
+                help="also score each checkpoint with B added to CLASS's logit (repeatable)")
+args = ap.parse_args()
+biases = []
+for b in args.bias:
+    cls, _, val_ = b.partition("=")
+    try:
+        biases.append((cls, float(val_)))
+    except ValueError:
+        fail(f"--bias {b}: expected CLASS=NUMBER, e.g. fear=0.25")
+for c in args.ckpts:
     try:
         model, side = load_trained(c)
         if val is None:
@@ -82,12 +98,19 @@ for c in sys.argv[1:]:
     except EdgeferError as e:
         fail(f"{c}: {e}")
     if (side.get("selected_on") or {}).get("rows_sha256") != carve:  # else scored on faces it may have trained on
-        fail(f"{c} was not selected on the same carve as {sys.argv[1]}")
+        fail(f"{c} was not selected on the same carve as {args.ckpts[0]}")
     mean = torch.tensor(side["input"]["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(side["input"]["std"]).view(1, -1, 1, 1)
     p, m = logits_of(model.to(memory_format=torch.channels_last), x, mean, std)
     prob = (softmax(p) + softmax(m)) / 2 if side.get("tta") == "flip" else softmax(p)
     probs.append(prob)
     line(c, prob.argmax(1))
+    for cls, b in biases:
+        if cls not in classes:
+            fail(f"--bias {cls}={b}: no class {cls!r} (the model's: {', '.join(classes)})")
+        shift = np.zeros(len(classes))
+        shift[classes.index(cls)] = b
+        biased = (softmax(p + shift) + softmax(m + shift)) / 2 if side.get("tta") == "flip" else softmax(p + shift)
+        line(f"{c} with {cls} {b:+g}", biased.argmax(1))
 if len(probs) > 1:
     line(f"ensemble of {len(probs)}", np.mean(probs, 0).argmax(1))
