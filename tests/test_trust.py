@@ -257,6 +257,34 @@ def test_info_names_backend_device_precision_threads():
     assert "{'" not in r.stdout
 
 
+def test_info_prints_the_model_card(tmp_path):
+    """The default's card (what it was trained and selected on, what it scores) is in `edgefer
+    info`, read from its manifest; a card of the wrong shapes in a user's manifest prints what it
+    can and never a traceback."""
+    from edgefer.artifact import DEFAULT_CLASSIFIER, load
+
+    art = load(DEFAULT_CLASSIFIER)
+    card = art.manifest.extra["card"]
+    r = edgefer_cli("info", DEFAULT_CLASSIFIER, "--no-load")
+    assert r.returncode == 0, r.stderr
+    assert f"selected on {card['selected_on']}" in r.stdout and "PublicTest never selected anything" in r.stdout
+    assert f"PublicTest top-1 {card['publictest']['top1']:.2f}%" in r.stdout
+    assert f"disgust recall {card['publictest']['recall']['disgust']:.1f}%" in r.stdout
+    assert f"logit adjustment tau {card['adjust']['tau']}" in r.stdout
+    d = json.loads(art.manifest_path.read_text())
+    d["extra"]["card"] = {"trained_on": ["a", {"b": 1}], "publictest": {"top1": "high", "recall": [1]},
+                          "through_loop": {"top1_found": 60.0, "gap": "x"}, "latency_ms_per_face_ort_1thread": {"b1": None},
+                          "ferplus_majority": 3, "adjust": {"tau": True}}
+    root = tmp_path / "m"
+    root.mkdir()
+    (root / art.model_path.name).write_bytes(art.model_path.read_bytes())
+    (root / "manifest.json").write_text(json.dumps(d))
+    r = edgefer_cli("info", str(root), "--no-load")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert "trained on a, (b 1)" in r.stdout and "through the detector loop 60.00%" in r.stdout
+    assert "PublicTest top-1" not in r.stdout and "logit adjustment" not in r.stdout and "{'" not in r.stdout
+
+
 def test_trt_device_hint_names_no_path_of_this_machine(tmp_path):
     from edgefer.backends import available
     from edgefer.export.api import export_model

@@ -156,6 +156,45 @@ def _backend_lines(b: dict[str, Any], indent: str = "  ") -> list[str]:
     return lines
 
 
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _pct(d: Any, key: str) -> str | None:
+    v = d.get(key) if isinstance(d, dict) else None
+    return f"{v:.2f}%" if _num(v) else None
+
+
+def card_lines(card: dict[str, Any]) -> list[str]:
+    """The model card a manifest carries (``extra.card``, benchmarks/model_cards.py): what the model
+    was trained and selected on and what it scores, a few lines; absent fields are left out."""
+    lines = []
+    if card.get("trained_on") or card.get("selected_on"):
+        lines.append(f"  card       trained on {words(card.get('trained_on'))}")
+        lines.append(f"             selected on {words(card.get('selected_on'))}")
+    pt = card.get("publictest")
+    if _pct(pt, "top1"):
+        rec = pt.get("recall") if isinstance(pt.get("recall"), dict) else {}
+        rare = ", ".join(f"{c} recall {rec[c]:.1f}%" for c in ("disgust", "fear")
+                         if _num(rec.get(c)))
+        lines.append(f"             FER2013 PublicTest top-1 {_pct(pt, 'top1')}"
+                     + (f", macro-F1 {_pct(pt, 'macro_f1')}" if _pct(pt, "macro_f1") else "") + (f", {rare}" if rare else ""))
+    loop = card.get("through_loop")
+    if _pct(loop, "top1_found"):
+        gap = loop.get("gap")
+        lines.append(f"             through the detector loop {_pct(loop, 'top1_found')}"
+                     + (f" (gap to the direct crop {gap:.1f} points)" if _num(gap) else ""))
+    if _pct(card.get("ferplus_majority"), "top1"):
+        lines.append(f"             FERPlus majority labels top-1 {_pct(card['ferplus_majority'], 'top1')}")
+    lat = card.get("latency_ms_per_face_ort_1thread")
+    if isinstance(lat, dict) and _num(lat.get("b1")):
+        lines.append(f"             {lat['b1']:.2f} ms a face (ONNX Runtime CPU, 1 thread, batch 1, where the card was measured)")
+    adj = card.get("adjust")
+    if isinstance(adj, dict) and _num(adj.get("tau")):
+        lines.append(f"             logit adjustment tau {words(adj.get('tau'))} ({words(adj.get('chosen_by'))})")
+    return lines
+
+
 def describe(art: Artifact, report: dict[str, Any]) -> list[str]:
     """The text form of ``edgefer info``."""
     m = art.manifest
@@ -199,6 +238,8 @@ def describe(art: Artifact, report: dict[str, Any]) -> list[str]:
         if isinstance(m.provenance.get("command"), str):
             out.append(f"  command    {m.provenance['command']}")
     out.append(f"  license    {m.license}")
+    if isinstance(extra.get("card"), dict):
+        out += card_lines(extra["card"])
     if "backend" in report:
         b = report["backend"]
         if isinstance(b, dict) and b.get("backend") == "ensemble":
