@@ -225,3 +225,49 @@ def test_bad_input_one_line_exit_2(args, message):
     assert r.returncode == 2, r.stderr
     lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in r.stderr
+
+
+def test_robustness_benchmark(tmp_path):
+    """benchmarks/robustness.py: identity shifts leave faces alone, the 6-emotion balanced accuracy
+    is the mean recall with neutral left out (argmax over the six), and a real run on PublicTest
+    faces writes a cell per model and shift, plain scores matching the model's own top-1."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "benchmarks"))
+    try:
+        import robustness as R
+    finally:
+        sys.path.pop(0)
+    faces = np.random.default_rng(1).integers(0, 256, (5, 48, 48), dtype=np.uint8)
+    assert np.array_equal(R.gamma(1.0)(faces), faces) and np.array_equal(R.contrast(1.0)(faces), faces)
+    assert np.abs(R.zoom(1.0)(faces).astype(int) - faces).max() <= 1
+    assert not np.array_equal(R.zoom(1.3)(faces), faces) and R.jpeg(30)(faces).shape == faces.shape
+    # classes angry, neutral, fear in the data; the model has FER2013's 7. Neutral faces are left
+    # out, and the answer is the argmax over the emotions both have (angry, fear): a fear face the
+    # model calls neutral first counts as its next best of those.
+    probs = np.full((4, 7), 0.01)
+    probs[0, 0] = probs[1, 6] = probs[2, 2] = 0.9
+    probs[1, 2] = 0.5  # fear face called neutral first, fear second
+    probs[3, 6] = 0.9
+    probs[3, 3] = 0.95  # an angry face called happy (not a class of the data), neutral, then fear: wrong
+    probs[3, 2] = 0.5
+    got = R.balanced_without_neutral(probs, np.array([0, 2, 2, 0]), ["angry", "neutral", "fear"], FER2013)
+    assert got == pytest.approx(100 * (0.5 + 1.0) / 2)
+
+    data = shared_file("data/fer2013/publictest.npz")
+    out = tmp_path / "r.json"
+    run = subprocess.run([sys.executable, "benchmarks/robustness.py", "edgenet3", "mini-xception", "--data", str(data),
+                          "--data-size", "120", "--json", str(out), "--plot", str(tmp_path / "r.png")],
+                         cwd=root, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    res = json.loads(out.read_text())["results"]
+    assert set(res) == {"edgenet3", "mini-xception"} and all(len(v) == len(R.SHIFTS) for v in res.values())
+    sc = B.load_scoring(str(data), None, 120)
+    from edgefer.classify import EmotionClassifier
+
+    p = EmotionClassifier("edgenet3", backend="onnxruntime").predict_images(sc.images)
+    assert res["edgenet3"]["plain"]["top1"] == pytest.approx(100 * float((p.argmax(1) == sc.labels).mean()), abs=0.01)
+    bad = subprocess.run([sys.executable, "benchmarks/robustness.py", "no-such-model", "--data", str(data)],
+                         cwd=root, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
