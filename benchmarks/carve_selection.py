@@ -19,6 +19,9 @@ averages them.
 
 ``--bias fear=0.25`` (repeatable) also scores each checkpoint with that number added to one class's
 logit (face and mirror alike): what a per-class decision bias would buy and cost on the carve.
+``--shift "noise 12"`` (repeatable; the shifts of ``benchmarks/robustness.py``) also scores each
+checkpoint on the carve's faces under that shift, paired with the first checkpoint under the same
+shift: the rule's robustness check (train/README.md, "Runs").
 """
 import argparse
 import sys
@@ -29,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import model_cards as mc
+import robustness
 from edgefer.classifier import softmax
 from edgefer.train.adjust import carve_of, logits_of
 from edgefer.train.data import to_tensor
@@ -39,7 +43,7 @@ from edgefer.errors import EdgeferError
 torch.set_num_threads(2)
 val = None
 probs = []
-first = None  # the first checkpoint's predictions: the reference of the paired differences
+firsts: dict[str, np.ndarray] = {}  # the first checkpoint's predictions per shift: the reference of the paired differences
 
 
 def paired(pred: np.ndarray, ref: np.ndarray, truth: np.ndarray) -> str:
@@ -48,8 +52,7 @@ def paired(pred: np.ndarray, ref: np.ndarray, truth: np.ndarray) -> str:
     return f"{100 * d.mean():+.2f} ± {100 * d.std(ddof=1) / np.sqrt(len(d)):.2f}"
 
 
-def line(name: str, pred: np.ndarray) -> None:
-    global first
+def line(name: str, pred: np.ndarray, shift: str = "plain") -> None:
     a = 100 * (pred == val.labels).mean()
     b = 100 * (pred[keep] == fp).mean()
     k = len(classes)
@@ -58,9 +61,8 @@ def line(name: str, pred: np.ndarray) -> None:
     m = metrics_from(cm)
     rare = "  ".join(f"{c} {100 * m['recall'][classes.index(c)]:.1f}%" for c in ("disgust", "fear") if c in classes)
     vs = ""
-    if first is None:
-        first = pred
-    else:
+    first = firsts.setdefault(shift, pred)
+    if first is not pred:
         vs = f"\n    vs the first: FER2013 labels {paired(pred, first, val.labels)}  FERPlus majority {paired(pred[keep], first[keep], fp)}"
     print(f"{name}: carve FER2013 labels {a:.2f}%  carve FERPlus majority {b:.2f}% ({len(keep)} faces)  mean {(a + b) / 2:.2f}"
           f"\n    macro-F1 {100 * m['macro_f1']:.2f}%  {rare}{vs}")
@@ -75,6 +77,8 @@ ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("ckpts", nargs="+", help="carve-selected checkpoints; the current default first")
 ap.add_argument("--bias", action="append", default=[], metavar="CLASS=B",
                 help="also score each checkpoint with B added to CLASS's logit (repeatable)")
+ap.add_argument("--shift", action="append", default=[], choices=[k for k in robustness.SHIFTS if k != "plain"],
+                help="also score each checkpoint on the carve under this shift of benchmarks/robustness.py (repeatable)")
 args = ap.parse_args()
 biases = []
 for b in args.bias:
@@ -95,16 +99,25 @@ for c in args.ckpts:
             classes = list(side["classes"])
             fp = np.array([classes.index(n) for n in names])
             x = to_tensor(val, side["input"]["size"], side["input"]["color"])
+            nhwc = x.numpy().transpose(0, 2, 3, 1)
+            shifted = {}
+            for sh in args.shift:
+                faces = robustness.SHIFTS[sh](nhwc[..., 0] if nhwc.shape[3] == 1 else nhwc)
+                shifted[sh] = torch.from_numpy(np.ascontiguousarray(faces.reshape(nhwc.shape).transpose(0, 3, 1, 2)))
     except EdgeferError as e:
         fail(f"{c}: {e}")
     if (side.get("selected_on") or {}).get("rows_sha256") != carve:  # else scored on faces it may have trained on
         fail(f"{c} was not selected on the same carve as {args.ckpts[0]}")
     mean = torch.tensor(side["input"]["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(side["input"]["std"]).view(1, -1, 1, 1)
-    p, m = logits_of(model.to(memory_format=torch.channels_last), x, mean, std)
+    model = model.to(memory_format=torch.channels_last)
+    p, m = logits_of(model, x, mean, std)
     prob = (softmax(p) + softmax(m)) / 2 if side.get("tta") == "flip" else softmax(p)
     probs.append(prob)
     line(c, prob.argmax(1))
+    for sh, xs in shifted.items():
+        ps, ms = logits_of(model, xs, mean, std)
+        line(f"{c} under {sh}", ((softmax(ps) + softmax(ms)) / 2 if side.get("tta") == "flip" else softmax(ps)).argmax(1), sh)
     for cls, b in biases:
         if cls not in classes:
             fail(f"--bias {cls}={b}: no class {cls!r} (the model's: {', '.join(classes)})")

@@ -691,9 +691,11 @@ def test_carve_selection_refuses_a_checkpoint_of_another_carve():
     assert abs(got - 68.81) < 0.2  # the first one was scored, as the runs table says (CPUs may round apart)
 
 
-def test_carve_selection_class_bias():
+def test_carve_selection_class_bias_and_shift():
     """``--bias CLASS=B`` scores the checkpoint again with B added to one class's logit: +0 changes
-    nothing, +1 on fear raises fear recall on the carve; an unknown class is one line, exit 2."""
+    nothing, +1 on fear raises fear recall on the carve. ``--shift "noise 12"`` scores it on the
+    carve's faces under that shift of benchmarks/robustness.py (noise costs top-1). An unknown
+    class or shift is one line, exit 2."""
     import re
     import subprocess
     import sys
@@ -703,15 +705,17 @@ def test_carve_selection_class_bias():
     if not r2.is_file():
         pytest.skip("train/runs/edgenet-carved-r2/best.pth is not here")
     cmd = [sys.executable, "benchmarks/carve_selection.py", str(r2.relative_to(REPO))]
-    run = subprocess.run([*cmd, "--bias", "fear=0", "--bias", "fear=1"], cwd=REPO, capture_output=True, text=True,
-                         timeout=300)
+    run = subprocess.run([*cmd, "--bias", "fear=0", "--bias", "fear=1", "--shift", "noise 12"], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    blocks = re.findall(r"carve FER2013 labels ([\d.]+)%.*?mean [\d.]+\n    macro-F1 [\d.]+%  disgust [\d.]+%  fear ([\d.]+)%",
-                        run.stdout)
-    assert len(blocks) == 3 and "with fear +1" in run.stdout
-    (top_plain, fear_plain), (top_zero, fear_zero), (_, fear_one) = [tuple(map(float, b)) for b in blocks]
-    assert (top_zero, fear_zero) == (top_plain, fear_plain)
-    assert fear_one > fear_plain + 5
-    bad = subprocess.run([*cmd, "--bias", "feer=1"], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr
-    assert "no class 'feer'" in bad.stderr.strip().splitlines()[-1]
+    blocks = {name.split("best.pth")[-1].strip(): tuple(map(float, (top, fear))) for name, top, fear in re.findall(
+        r"^(\S[^:]*): carve FER2013 labels ([\d.]+)%.*?mean [\d.]+\n    macro-F1 [\d.]+%  disgust [\d.]+%  fear ([\d.]+)%",
+        run.stdout, flags=re.M)}
+    assert set(blocks) == {"", "with fear +0", "with fear +1", "under noise 12"}, run.stdout
+    assert blocks["with fear +0"] == blocks[""]
+    assert blocks["with fear +1"][1] > blocks[""][1] + 5
+    assert blocks["under noise 12"][0] < blocks[""][0] - 3
+    for extra, needle in ((["--bias", "feer=1"], "no class 'feer'"), (["--shift", "fog"], "invalid choice: 'fog'")):
+        bad = subprocess.run([*cmd, *extra], cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert bad.returncode == 2 and "Traceback" not in bad.stderr
+        assert needle in bad.stderr.strip().splitlines()[-1]
