@@ -3,7 +3,8 @@
 For each checkpoint (all from runs on the same carve), prints its top-1 on the carved validation
 faces against FER2013's labels and against FERPlus's majority vote of the same faces (the votes
 in train.npz; faces with a tie or a contempt/unknown/not-a-face majority are left out), and their
-mean: the rule that picked ``edgenet2`` and the weights of ``edgenet3`` (train/README.md, "Runs"). Never reads PublicTest.
+mean: the rule that picked ``edgenet2`` and the weights of ``edgenet3`` (train/README.md, "Runs").
+Never reads PublicTest.
 
     python benchmarks/carve_selection.py train/runs/A/best.pth train/runs/B/best.pth ...
 
@@ -68,6 +69,11 @@ def line(name: str, pred: np.ndarray, shift: str = "plain") -> None:
           f"\n    macro-F1 {100 * m['macro_f1']:.2f}%  {rare}{vs}")
 
 
+def mean_probs(plain: np.ndarray, mirror: np.ndarray, flip: bool) -> np.ndarray:
+    """The model's answer as its export computes it: the face and its mirror averaged with ``tta: flip``."""
+    return (softmax(plain) + softmax(mirror)) / 2 if flip else softmax(plain)
+
+
 def fail(msg: str) -> None:
     print(f"carve_selection: {msg}", file=sys.stderr)
     raise SystemExit(2)
@@ -111,19 +117,19 @@ for c in args.ckpts:
     mean = torch.tensor(side["input"]["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(side["input"]["std"]).view(1, -1, 1, 1)
     model = model.to(memory_format=torch.channels_last)
+    flip = side.get("tta") == "flip"
     p, m = logits_of(model, x, mean, std)
-    prob = (softmax(p) + softmax(m)) / 2 if side.get("tta") == "flip" else softmax(p)
+    prob = mean_probs(p, m, flip)
     probs.append(prob)
     line(c, prob.argmax(1))
     for sh, xs in shifted.items():
         ps, ms = logits_of(model, xs, mean, std)
-        line(f"{c} under {sh}", ((softmax(ps) + softmax(ms)) / 2 if side.get("tta") == "flip" else softmax(ps)).argmax(1), sh)
+        line(f"{c} under {sh}", mean_probs(ps, ms, flip).argmax(1), sh)
     for cls, b in biases:
         if cls not in classes:
             fail(f"--bias {cls}={b}: no class {cls!r} (the model's: {', '.join(classes)})")
         shift = np.zeros(len(classes))
         shift[classes.index(cls)] = b
-        biased = (softmax(p + shift) + softmax(m + shift)) / 2 if side.get("tta") == "flip" else softmax(p + shift)
-        line(f"{c} with {cls} {b:+g}", biased.argmax(1))
+        line(f"{c} with {cls} {b:+g}", mean_probs(p + shift, m + shift, flip).argmax(1))
 if len(probs) > 1:
     line(f"ensemble of {len(probs)}", np.mean(probs, 0).argmax(1))

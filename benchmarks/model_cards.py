@@ -1,7 +1,7 @@
 """Model cards for the bundled classifiers: what each was trained and selected on, and what it scores.
 
-Issue 15's "honest model cards". For every bundled classifier (``edgenet3``, ``edgenet2``, ``edgenet``, their ``-fast``
-twins, ``mini-xception``) this measures, in one run on this machine:
+Issue 15's "honest model cards". For every bundled classifier (``edgenet3``, ``edgenet2``,
+``edgenet``, their ``-fast`` twins, ``mini-xception``) this measures, in one run on this machine:
 
 * FER2013 PublicTest top-1, macro-F1 and per-class recall (the dataset crops, ONNX Runtime FP32);
 * top-1 **through the loop** (``edgefer bench --through-detector``): every PublicTest face pasted
@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-MODELS = {"edgenet3": ["edgenet3_cam"], "edgenet3-fast": [], "edgenet2": ["edgenet2_cam"], "edgenet2-fast": [], "edgenet": ["edgenet_cam"], "edgenet-fast": [],
-          "mini-xception": ["mini_xception_cam"]}
-ASSET = {"edgenet3": "edgenet3", "edgenet3-fast": "edgenet3_fast", "edgenet2": "edgenet2", "edgenet2-fast": "edgenet2_fast", "edgenet": "edgenet", "edgenet-fast": "edgenet_fast",
-         "mini-xception": "mini_xception"}
+MODELS = {"edgenet3": ["edgenet3_cam"], "edgenet3-fast": [], "edgenet2": ["edgenet2_cam"], "edgenet2-fast": [],
+          "edgenet": ["edgenet_cam"], "edgenet-fast": [], "mini-xception": ["mini_xception_cam"]}
+ASSET = {"edgenet3": "edgenet3", "edgenet3-fast": "edgenet3_fast", "edgenet2": "edgenet2", "edgenet2-fast": "edgenet2_fast",
+         "edgenet": "edgenet", "edgenet-fast": "edgenet_fast", "mini-xception": "mini_xception"}
 REPRODUCE = {
     "edgenet3": ("edgenet2's weights, then train/runs/edgenet-carved-r6-distill-mix/command.txt and "
                  "train/runs/edgenet-carved-r7-distill-mix/command.txt; edgefer train adjust "
