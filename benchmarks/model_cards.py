@@ -36,10 +36,10 @@ MODELS = {"edgenet3": ["edgenet3_cam"], "edgenet3-fast": [], "edgenet2": ["edgen
 ASSET = {"edgenet3": "edgenet3", "edgenet3-fast": "edgenet3_fast", "edgenet2": "edgenet2", "edgenet2-fast": "edgenet2_fast",
          "edgenet": "edgenet", "edgenet-fast": "edgenet_fast", "mini-xception": "mini_xception"}
 REPRODUCE = {
-    "edgenet3": ("edgenet2's weights, then train/runs/edgenet-carved-r6-distill-mix/command.txt and "
-                 "train/runs/edgenet-carved-r7-distill-mix/command.txt; edgefer train adjust "
-                 "train/runs/edgenet-carved-r7-distill-mix/best.pth -o train/runs/edgenet-carved-r7-distill-mix/adjusted.pth; "
-                 "python benchmarks/bundle_classifier.py train/runs/edgenet-carved-r7-distill-mix/adjusted.pth --stem edgenet3"),
+    "edgenet3": ("edgenet2's weights, then the command.txt of train/runs/edgenet-carved-r6-distill-mix, "
+                 "-r7-distill-mix and -r9-camera-mild; edgefer train adjust "
+                 "train/runs/edgenet-carved-r9-camera-mild/best.pth -o train/runs/edgenet-carved-r9-camera-mild/adjusted.pth; "
+                 "python benchmarks/bundle_classifier.py train/runs/edgenet-carved-r9-camera-mild/adjusted.pth --stem edgenet3"),
     "edgenet3-fast": "the weights of edgenet3 in one pass (python benchmarks/bundle_classifier.py ...)",
     "edgenet2": ("train/runs/edgenet-carved-r2/command.txt, then train/runs/edgenet-carved-r3-views/command.txt (the views) "
                  "and train/runs/edgenet-carved-r3-views-mix/command.txt; python benchmarks/bundle_classifier.py "

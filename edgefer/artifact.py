@@ -117,8 +117,9 @@ BUNDLED = {
     "edgenet2-cam": "edgenet2_cam.json",
     "edgenet2-fast": "edgenet2_fast.json",
     # the default: edgenet2's weights distilled from an ensemble of carve-selected students beside
-    # FERPlus votes (train/runs/edgenet-carved-r6-distill-mix, then -r7-distill-mix), with the
-    # logit adjustment chosen on the same carve folded into its output layer (rare-class recall)
+    # FERPlus votes (train/runs/edgenet-carved-r6-distill-mix, -r7-distill-mix), then camera noise,
+    # blur and JPEG (-r9-camera-mild), with the logit adjustment chosen on the same carve folded into
+    # its output layer (rare-class recall)
     "edgenet3": "edgenet3.json",
     "edgenet3-cam": "edgenet3_cam.json",
     "edgenet3-fast": "edgenet3_fast.json",
