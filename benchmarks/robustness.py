@@ -128,7 +128,7 @@ def plot(results: dict, path: str) -> bool:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=False)
     for ax, key, title in ((axes[0], "top1", "top-1, 7 classes (%)"), (axes[1], "balanced6", "balanced accuracy, 6 emotions (%)")):
         for name, cells in results.items():
-            ax.plot(range(len(shifts)), [cells[s][key] for s in shifts], marker="o", label=name)
+            ax.plot(range(len(shifts)), [np.nan if cells[s][key] is None else cells[s][key] for s in shifts], marker="o", label=name)
         ax.set_xticks(range(len(shifts)))
         ax.set_xticklabels(shifts, rotation=45, ha="right", fontsize=8)
         ax.set_title(title)
@@ -167,15 +167,16 @@ def main(argv: list[str] | None = None) -> int:
         for name, clf in clfs.items():
             probs = clf.predict_images(images)
             acc = accuracy(probs, sc.for_model(clf.classes))
-            results[name][shift] = {"top1": round(acc["top1"], 2),
-                                    "balanced6": round(balanced_without_neutral(probs, sc.labels, sc.data_classes, list(clf.classes)) or float("nan"), 2)}
+            bal = balanced_without_neutral(probs, sc.labels, sc.data_classes, list(clf.classes))
+            results[name][shift] = {"top1": round(acc["top1"], 2), "balanced6": None if bal is None else round(bal, 2)}
         print(f"[{i + 1}/{len(SHIFTS)}] {shift} ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
     head = "| model | " + " | ".join(SHIFTS) + " | worst balanced |"
     lines = [head, "|" + "---|" * (len(SHIFTS) + 2)]
     for name, cells in results.items():
-        worst = min(c["balanced6"] for c in cells.values())
-        lines.append(f"| `{name}` | " + " | ".join(f"{c['top1']:.1f} / {c['balanced6']:.1f}" for c in cells.values())
-                     + f" | {worst:.1f} |")
+        bals = [c["balanced6"] for c in cells.values() if c["balanced6"] is not None]
+        row = " | ".join(f"{c['top1']:.1f} / " + ("-" if c["balanced6"] is None else f"{c['balanced6']:.1f}")
+                         for c in cells.values())
+        lines.append(f"| `{name}` | {row} | " + (f"{min(bals):.1f}" if bals else "-") + " |")
     print("cells: top-1 (7 classes) / balanced accuracy over the 6 emotions, %")
     print("\n".join(lines))
     Path(a.json).write_text(json.dumps({"data": a.data, "faces": int(len(sc.labels)), "shifts": list(SHIFTS),

@@ -268,6 +268,16 @@ def test_robustness_benchmark(tmp_path):
 
     p = EmotionClassifier("edgenet3", backend="onnxruntime").predict_images(sc.images)
     assert res["edgenet3"]["plain"]["top1"] == pytest.approx(100 * float((p.argmax(1) == sc.labels).mean()), abs=0.01)
+    # a set with no emotion but neutral: nothing to balance, so the cells say so instead of 0 or NaN
+    z = np.load(data)
+    keep = np.flatnonzero(z["labels"] == 6)[:20]
+    neutral = tmp_path / "neutral.npz"
+    np.savez(neutral, images=z["images"][keep], labels=np.zeros(len(keep), np.int64), classes=np.array(["neutral"]))
+    run = subprocess.run([sys.executable, "benchmarks/robustness.py", "edgenet3", "--data", str(neutral), "--json", str(out),
+                          "--plot", str(tmp_path / "n.png")], cwd=root, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert all(c["balanced6"] is None for c in json.loads(out.read_text())["results"]["edgenet3"].values())
+    assert run.stdout.strip().splitlines()[-1].endswith("| - |")
     bad = subprocess.run([sys.executable, "benchmarks/robustness.py", "no-such-model", "--data", str(data)],
                          cwd=root, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
