@@ -719,3 +719,52 @@ def test_carve_selection_class_bias_and_shift():
         bad = subprocess.run([*cmd, *extra], cwd=REPO, capture_output=True, text=True, timeout=300)
         assert bad.returncode == 2 and "Traceback" not in bad.stderr
         assert needle in bad.stderr.strip().splitlines()[-1]
+
+
+def test_clean_teacher_input_is_the_batch_before_the_camera(pt):
+    """augment(keep_clean=True) draws the same random numbers as augment(): its first output is the
+    student's batch, its second the same faces and geometry without the camera degradations and
+    erasing; mix_batch mixes a twin exactly as it mixes the batch."""
+    from edgefer.train.engine import augment, mix_batch
+
+    x = torch.from_numpy(pt["images"][:32]).float()[:, None]
+    cfg = TrainConfig(arch="edgenet", data="", noise=1.0, blur=1.0, erase=1.0)
+    torch.manual_seed(3)
+    plain = augment(x, cfg)
+    torch.manual_seed(3)
+    student, clean = augment(x, cfg, keep_clean=True)
+    assert torch.equal(student, plain)
+    torch.manual_seed(3)
+    geometry_only = augment(x, TrainConfig(arch="edgenet", data="", erase=0.0))
+    assert torch.equal(clean, geometry_only)  # no camera, no erasing: the same faces, same flips and shifts
+    assert float((student - clean).abs().mean()) > 1.0
+    t = torch.eye(7)[torch.arange(32) % 7]
+    for mode in ("mixup", "cutmix"):
+        mcfg = TrainConfig(arch="edgenet", data="", mix_prob=1.0, **{mode: 1.0})
+        xm, tm, twin = mix_batch(student, t, mcfg, np.random.default_rng(0), twin=student + 1)
+        xm2, tm2 = mix_batch(student, t, mcfg, np.random.default_rng(0))
+        torch.testing.assert_close(twin, xm + 1)
+        assert torch.equal(xm, xm2) and torch.equal(tm, tm2)
+
+
+def test_teacher_input_clean_trains_and_is_refused_without_a_teacher(tmp_path, small_sets):
+    """--teacher-input clean is the --teacher-input same run to the bit when nothing degrades the
+    student's batch, differs when sensor noise does, is recorded, and without --teacher it is one line."""
+    from edgefer.train.checkpoint import load_state_dict
+
+    t4 = need(S4)
+    tr, _ = small_sets
+    base = dict(data=str(tr), limit=128, teacher=str(t4), distill=0.7, erase=0.0, **FAST)
+    for name, extra in (("same", {}), ("clean", {"teacher_input": "clean"}),
+                        ("same-noisy", {"noise": 1.0, "noise_sigma": 40.0}),
+                        ("clean-noisy", {"noise": 1.0, "noise_sigma": 40.0, "teacher_input": "clean"})):
+        doc = train(TrainConfig(out=str(tmp_path / name), **base, **extra))
+        assert doc["config"]["teacher_input"] == extra.get("teacher_input", "same")
+    w = {k: load_state_dict(tmp_path / k / "best.pth") for k in ("same", "clean", "same-noisy", "clean-noisy")}
+    assert all(torch.equal(w["same"][n], w["clean"][n]) for n in w["same"])
+    assert not all(torch.equal(w["same-noisy"][n], w["clean-noisy"][n]) for n in w["same"])
+    with pytest.raises(EdgeferError, match="needs --teacher"):
+        train(TrainConfig(data=str(tr), limit=128, teacher_input="clean", out=str(tmp_path / "none"), **FAST))
+    from edgefer.cli import main
+
+    assert main(["train", "--arch", "edgenet", "--data", str(tr), "--teacher-input", "clean"]) == 2

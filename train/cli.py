@@ -123,6 +123,9 @@ def _apply_preset(ctx: click.Context, values: dict) -> dict:
               help="Distil from this checkpoint (a best.pth with its sidecar; its --tta flip included): the loss "
                    "mixes the labels with the teacher's probabilities on the same augmented batch. Repeat for an "
                    "ensemble teacher (probabilities averaged).")
+@click.option("--teacher-input", type=click.Choice(["same", "clean"]), default="same", show_default=True,
+              help="What the teachers see: the student's augmented batch, or the same faces before the camera "
+                   "degradations and erasing (the student learns the clean face's answer for the degraded one).")
 @click.option("--distill", type=float, default=0.5, show_default=True, help="Weight of the teacher term (0-1).")
 @click.option("--distill-temp", type=float, default=2.0, show_default=True, help="Softmax temperature of the teacher term.")
 @click.option("--views", type=click.Path(), default=None,
@@ -134,7 +137,7 @@ def _apply_preset(ctx: click.Context, values: dict) -> dict:
 def train(ctx, arch, data, val, val_split, split_seed, report, epochs, batch, lr, opt, weight_decay, label_smoothing,
           mixup, cutmix, mix_prob, ema, ema_decay, warmup, balanced, soft_labels, soft_classes, soft_mix, loss, focal_gamma,
           class_weights, cb_beta, aug, erase, rotate, scale, translate, jitter, downscale, blur, gamma, noise, jpeg,
-          swa_start, swa_lr, seed, threads, limit, resume, init, tta, teacher, distill, distill_temp, views, view_prob, out):
+          swa_start, swa_lr, seed, threads, limit, resume, init, tta, teacher, teacher_input, distill, distill_temp, views, view_prob, out):
     """Train a zoo architecture; checkpoints export with `edgefer export` and no --arch.
 
     `edgefer train report CKPT --data X` scores a checkpoint on labelled sets."""
@@ -160,6 +163,8 @@ def train(ctx, arch, data, val, val_split, split_seed, report, epochs, batch, lr
         raise EdgeferError("--label-smoothing must be in [0, 1)")
     if not 0 <= distill <= 1 or distill_temp <= 0:
         raise EdgeferError("--distill must be in [0, 1] and --distill-temp > 0")
+    if teacher_input == "clean" and not teacher:
+        raise EdgeferError("--teacher-input clean needs --teacher")
     if not 0 < val_split < 1:
         raise EdgeferError("--val-split must be in (0, 1)")
     if loss == "focal" and focal_gamma < 0:
@@ -188,7 +193,7 @@ def train(ctx, arch, data, val, val_split, split_seed, report, epochs, batch, lr
         mix_prob=mix_prob, ema=ema, ema_decay=ema_decay, balanced=balanced, soft_labels=soft_labels, seed=seed,
         erase=erase, rotate=rotate, threads=threads, limit=limit, quiet=quiet, command=command, init=init, tta=tta,
         teacher=(teacher[0] if len(teacher) == 1 else list(teacher)) if teacher else None, distill=distill,
-        distill_temp=distill_temp, val_split=val_split, split_seed=split_seed, report=list(report),
+        teacher_input=teacher_input, distill_temp=distill_temp, val_split=val_split, split_seed=split_seed, report=list(report),
         soft_classes=soft_classes, soft_mix=soft_mix, loss=loss, focal_gamma=focal_gamma, class_weights=class_weights, cb_beta=cb_beta,
         aug=aug, scale=scale, translate=translate, jitter=jitter, downscale=downscale, blur=blur, gamma=gamma,
         noise=noise, jpeg=jpeg, swa_start=swa_start, swa_lr=swa_lr, views=views, view_prob=view_prob,

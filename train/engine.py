@@ -121,6 +121,10 @@ class TrainConfig:
     teacher: str | list[str] | None = None  # distil from this checkpoint, or the mean of several (each's tta included)
     distill: float = 0.5  # weight of the teacher term; the labels keep 1 - distill
     distill_temp: float = 2.0  # softmax temperature of both sides of the teacher term
+    # what the teachers see: "same" = the student's augmented batch; "clean" = the same faces, geometry,
+    # jitter, views and mixing before the camera degradations and erasing (the student learns to give a
+    # degraded face the answer its clean twin gets)
+    teacher_input: str = "same"
     # runtime views (train/views.py): a share of the samples is the face as the runtime crops it
     views: str | None = None  # an .npz of `edgefer train views` made from the same --data
     view_prob: float = 0.5  # share of training samples drawn from their views (where the detector found the face)
@@ -210,8 +214,12 @@ class EMA:
                     ema_sd[k].copy_(v)
 
 
-def augment(x, cfg: TrainConfig):
-    """Random flip, affine, jitter and erasing of a float batch (N, C, H, W) in pixel units."""
+def augment(x, cfg: TrainConfig, keep_clean: bool = False):
+    """Random flip, affine, jitter and erasing of a float batch (N, C, H, W) in pixel units.
+
+    With ``keep_clean`` it returns ``(x, clean)``: ``clean`` is the same batch after the geometry
+    and jitter but before :func:`camera` and erasing (the same random numbers are drawn either way).
+    """
     import torch
     import torch.nn.functional as F
 
@@ -232,6 +240,7 @@ def augment(x, cfg: TrainConfig):
         b = (torch.rand(n, 1, 1, 1) * 2 - 1) * cfg.jitter * 64
         m = x.mean(dim=(1, 2, 3), keepdim=True)
         x = ((x - m) * c + m + b).clamp_(0, 255)
+    clean = x  # camera() and the erasing below make new tensors; this one is not written to again
     x = camera(x, cfg)
     if cfg.erase:
         h, w = x.shape[-2:]
@@ -249,7 +258,7 @@ def augment(x, cfg: TrainConfig):
             mask &= on.view(n, 1, 1)
             noise = torch.rand_like(x) * 255
             x = torch.where(mask.unsqueeze(1), noise, x)
-    return x
+    return (x, clean) if keep_clean else x
 
 
 def _pick(n: int, p: float):
@@ -347,29 +356,38 @@ def camera(x, cfg: TrainConfig):
     return x
 
 
-def mix_batch(x, t, cfg: TrainConfig, rng: np.random.Generator):
-    """Mixup or cutmix of inputs ``x`` and target distributions ``t`` (or unchanged)."""
+def mix_batch(x, t, cfg: TrainConfig, rng: np.random.Generator, twin=None):
+    """Mixup or cutmix of inputs ``x`` and target distributions ``t`` (or unchanged).
+
+    ``twin`` (a second view of the same batch, e.g. the teachers' clean one) gets the very same
+    mixing; it is then returned third.
+    """
     import torch
 
     modes = [m for m, a in (("mixup", cfg.mixup), ("cutmix", cfg.cutmix)) if a > 0]
     if not modes or rng.random() >= cfg.mix_prob:
-        return x, t
+        return (x, t) if twin is None else (x, t, twin)
     mode = modes[int(rng.integers(len(modes)))]
     alpha = cfg.mixup if mode == "mixup" else cfg.cutmix
     lam = float(rng.beta(alpha, alpha))
     perm = torch.from_numpy(rng.permutation(x.shape[0]))
     if mode == "mixup":
-        x = lam * x + (1 - lam) * x[perm]
+        def mix(v):
+            return lam * v + (1 - lam) * v[perm]
     else:
         h, w = x.shape[-2:]
         ch, cw = int(h * math.sqrt(1 - lam)), int(w * math.sqrt(1 - lam))
         cy, cx = int(rng.integers(h)), int(rng.integers(w))
         y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
         x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
-        x = x.clone()
-        x[:, :, y0:y1, x0:x1] = x[perm][:, :, y0:y1, x0:x1]
+
+        def mix(v):
+            v = v.clone()
+            v[:, :, y0:y1, x0:x1] = v[perm][:, :, y0:y1, x0:x1]
+            return v
         lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)
-    return x, lam * t + (1 - lam) * t[perm]
+    t = lam * t + (1 - lam) * t[perm]
+    return (mix(x), t) if twin is None else (mix(x), t, mix(twin))
 
 
 def class_weight_vector(counts: Sequence[int], mode: str | None, beta: float = 0.999) -> np.ndarray | None:
@@ -808,6 +826,11 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> dict[str
             tm, tta_, _ = load_teacher(tp, cfg, spec, classes)
             teachers.append((tm.to(memory_format=torch.channels_last), tta_))
             leak("--teacher", tp)
+    if cfg.teacher_input not in ("same", "clean"):
+        raise EdgeferError(f"--teacher-input is same or clean, not {cfg.teacher_input!r}")
+    if cfg.teacher_input == "clean" and not teachers:
+        raise EdgeferError("--teacher-input clean needs --teacher")
+    clean_teacher = cfg.teacher_input == "clean"
     swa = None
     if cfg.swa_start:
         from torch.optim.swa_utils import AveragedModel
@@ -912,11 +935,16 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> dict[str
             xb = x_train[idx]
             if x_views is not None:
                 xb = with_views(xb, idx, x_views, f_views, cfg.view_prob, rng)
-            x = augment(xb.float(), cfg)
-            x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
             soft = None if train_ds.soft is None else train_ds.soft[idx]
             t = _targets(train_ds.labels[idx], soft, k, cfg.label_smoothing)
-            x, t = mix_batch(x, t, cfg, rng)
+            if clean_teacher:
+                x, xt = augment(xb.float(), cfg, keep_clean=True)
+                x, xt = (((v - mean) / std).contiguous(memory_format=torch.channels_last) for v in (x, xt))
+                x, t, xt = mix_batch(x, t, cfg, rng, twin=xt)
+            else:
+                x = ((augment(xb.float(), cfg) - mean) / std).contiguous(memory_format=torch.channels_last)
+                x, t = mix_batch(x, t, cfg, rng)
+                xt = x
             in_swa = swa is not None and cfg.swa_lr is not None and epoch + 1 >= cfg.swa_start
             for g in opt.param_groups:
                 g["lr"] = cfg.swa_lr if in_swa else cosine_lr(step, total, warm, lr, cfg.min_lr_ratio)
@@ -926,7 +954,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> dict[str
                 # Hinton et al. 2015: KL to the teachers' (mean) softened probabilities, scaled by T^2
                 tau = cfg.distill_temp
                 with torch.no_grad():
-                    pt = teacher_probs(teachers, x, tau)
+                    pt = teacher_probs(teachers, xt, tau)
                 kd = F.kl_div(F.log_softmax(logits / tau, 1), pt, reduction="batchmean") * tau * tau
                 loss = (1 - cfg.distill) * loss + cfg.distill * kd
             opt.zero_grad(set_to_none=True)
