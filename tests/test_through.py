@@ -55,6 +55,22 @@ def test_paste_puts_the_resized_face_at_its_box():
     assert abs(float(frame[10:50, 10:50].mean()) - 128) < 20  # the background is mid-gray
 
 
+def test_camera_noise_covers_the_whole_frame_face_included():
+    """--through-noise: per-pixel noise of the given std over the finished frame (face and
+    background alike), the same on every channel, reproducible from the seed; 0 leaves the frame
+    exactly as before."""
+    face = np.full((48, 48), 100, np.uint8)
+    clean, box = paste(face, 96, (200, 100), (640, 480), np.random.default_rng(1), 6.0)
+    same, _ = paste(face, 96, (200, 100), (640, 480), np.random.default_rng(1), 6.0, 0.0)
+    assert np.array_equal(clean, same)
+    noisy, box2 = paste(face, 96, (200, 100), (640, 480), np.random.default_rng(1), 6.0, 8.0)
+    again, _ = paste(face, 96, (200, 100), (640, 480), np.random.default_rng(1), 6.0, 8.0)
+    assert np.array_equal(noisy, again) and np.array_equal(box, box2)
+    assert np.array_equal(noisy[..., 0], noisy[..., 2])  # gray frames stay gray
+    d = noisy[..., 0].astype(float) - clean[..., 0]
+    assert 7.0 < d[100:196, 200:296].std() < 9.0 and 7.0 < d[300:, :150].std() < 9.0
+
+
 def test_loop_classifies_exactly_what_run_classifies(faces):
     images, labels, _ = faces
     loop = ThroughLoop(FaceDetector("retinaface-mnet025", backend="onnxruntime"), images[:6], ThroughConfig(sizes=(112,)))

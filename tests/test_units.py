@@ -134,6 +134,60 @@ def test_gray_crops_from_a_colour_frame_match_either_way(photos_dir):
     np.testing.assert_array_equal(many, crop_faces(gray, boxes, None, spec))
 
 
+def test_a_big_face_is_box_averaged_down_not_aliased():
+    """A 400 px face (camera noise of std 40 on a flat gray) shrunk to 48 px: the crop averages the
+    noise (std about 40 / 8) where one bilinear warp keeps most of it; a bright disc lands where
+    the face's affine maps it (the averaged region is centred as the plain warp's pixels are)."""
+    rng = np.random.default_rng(0)
+    frame = np.clip(128 + rng.normal(0, 40, (600, 600)), 0, 255).astype(np.uint8)
+    box = np.array([[100, 120, 500, 520]], np.float32)
+    spec = InputSpec(size=[48, 48], color="gray")
+    m = face_affine(box[0], None, (48, 48), 0.95, align=False)
+    plain = cv2.warpAffine(frame, m, (48, 48), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    crop = crop_faces(frame, box, None, spec, raw=True)[0, :, :, 0]
+    assert plain.std() > 15 and crop.std() < 8, (plain.std(), crop.std())
+    assert abs(float(crop.mean()) - float(plain.mean())) < 2
+
+    for want in ((30.0, 17.0), (10.3, 40.6)):  # a bright disc lands where the affine maps its centre (< 0.1 px)
+        spot = np.zeros((600, 600), np.uint8)
+        cx, cy = np.rint(np.linalg.solve(m[:, :2], np.array(want) - m[:, 2]))
+        cv2.circle(spot, (int(cx), int(cy)), 12, 255, -1)
+        ex, ey = m @ np.array([cx, cy, 1.0])
+        img = crop_faces(spot, box, None, spec, raw=True)[0, :, :, 0]
+        ys, xs = np.nonzero(img > 0)
+        w = img[ys, xs].astype(float)
+        assert abs((xs * w).sum() / w.sum() - ex) < 0.1 and abs((ys * w).sum() / w.sum() - ey) < 0.1
+
+
+def test_prefiltered_crop_matches_the_plain_warp_on_smooth_content_even_at_the_edge():
+    """On a smooth frame (nothing to alias) the box-averaged crop of a big, tilted face equals the
+    plain bilinear warp up to rounding, in the middle of the frame and half outside it (where the
+    region is cut at the frame's edge and the warp replicates it)."""
+    yy, xx = np.mgrid[0:720, 0:1280].astype(np.float32)
+    frame = (128 + 60 * np.sin(xx / 90.0) * np.cos(yy / 70.0)).astype(np.uint8)
+    frame = cv2.merge([frame, (255 - frame), frame // 2])
+    spec = InputSpec(size=[48, 48], color="gray")
+    for box in ([500, 150, 800, 450], [1100, -120, 1400, 180], [-150, 500, 150, 800]):
+        b = np.array([box], np.float32)
+        x1, y1, x2, y2 = box
+        lm = np.array([[[x1 + 90, y1 + 120], [x2 - 90, y1 + 160], [0, 0], [0, 0], [0, 0]]], np.float32)
+        m = face_affine(b[0], lm[0], (48, 48), 0.95, align=True)
+        gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        plain = cv2.warpAffine(gray, m, (48, 48), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        crop = crop_faces(frame, b, lm, spec, raw=True)[0, :, :, 0]
+        diff = np.abs(crop.astype(int) - plain.astype(int))
+        assert diff.mean() < 1.0 and np.percentile(diff, 99) <= 4, (box, diff.mean(), diff.max())
+
+
+def test_dataset_faces_shrink_by_area_and_grow_bilinear():
+    rng = np.random.default_rng(1)
+    spec = InputSpec(size=[48, 48], color="gray", dtype="uint8", layout="NHWC")
+    big, small = rng.integers(0, 256, (1, 240, 240), np.uint8), rng.integers(0, 256, (1, 32, 32), np.uint8)
+    np.testing.assert_array_equal(resize_faces(big, spec)[0, :, :, 0], cv2.resize(big[0], (48, 48), interpolation=cv2.INTER_AREA))
+    np.testing.assert_array_equal(resize_faces(small, spec)[0, :, :, 0],
+                                  cv2.resize(small[0], (48, 48), interpolation=cv2.INTER_LINEAR))
+
+
 def test_face_affine_centres_the_box():
     m = face_affine(np.array([10, 20, 50, 60], np.float32), None, (64, 64), 1.0, align=False)
     centre = m @ np.array([30, 40, 1.0])

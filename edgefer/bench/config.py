@@ -48,4 +48,5 @@ class BenchConfig:
     progress: bool = True
     # --through-detector: pasted face sizes (px) for accuracy through the detector loop; empty: off
     through_sizes: list[int] = field(default_factory=list)
+    through_noise: float = 0.0  # per-pixel camera noise (gray levels) over each pasted frame, face included
 

@@ -292,7 +292,8 @@ class Bench:
         if self._through is None:
             opts: dict[str, Any] = {"threads": self.cfg.threads} if self.cfg.threads else {}
             det = FaceDetector(self.cfg.detector, **opts)
-            self._through = ThroughLoop(det, self.scoring.images, ThroughConfig(sizes=tuple(self.cfg.through_sizes)))
+            self._through = ThroughLoop(det, self.scoring.images, ThroughConfig(sizes=tuple(self.cfg.through_sizes),
+                                                                                    sensor_noise=self.cfg.through_noise))
         row["through"] = score_through(self._through, clf, row["_probs"], self.scoring.for_model(clf.classes), accuracy)
 
     def video_row(self, row: dict[str, Any], path: str, target: str) -> None:
@@ -322,6 +323,7 @@ class Bench:
                     "calib_method": cfg.calib_method, "video": cfg.video, "video_frames": cfg.video_frames}
         if cfg.through_sizes:
             settings["through_sizes"] = list(cfg.through_sizes)
+            settings["through_noise"] = cfg.through_noise
         return {"schema": SCHEMA, "machine": machine_info(), "model": model, "settings": settings,
                 "notes": self.notes, "rows": rows}
 

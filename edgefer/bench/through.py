@@ -33,11 +33,16 @@ class ThroughConfig:
     seed: int = 0
     min_iou: float = 0.3  # a detection counts as the pasted face from this IoU with its square
     noise: float = 6.0  # background noise, gray levels
+    sensor_noise: float = 0.0  # per-pixel Gaussian noise over the whole frame, face included (a camera's), gray levels
 
 
 def paste(face: np.ndarray, side: int, xy: tuple[int, int], frame_wh: tuple[int, int], rng: np.random.Generator,
-          noise: float) -> tuple[np.ndarray, np.ndarray]:
-    """A BGR frame holding ``face`` (gray or BGR, any size) as a ``side`` px square at ``xy`` (top left); its box."""
+          noise: float, sensor_noise: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """A BGR frame holding ``face`` (gray or BGR, any size) as a ``side`` px square at ``xy`` (top left); its box.
+
+    ``sensor_noise`` adds per-pixel Gaussian noise of that std to the finished frame, the face
+    included, at the frame's resolution: what a camera adds before the runtime shrinks a big face.
+    """
     w, h = frame_wh
     bg = np.full((h, w), 128.0, np.float32)
     if noise > 0:
@@ -59,6 +64,8 @@ def paste(face: np.ndarray, side: int, xy: tuple[int, int], frame_wh: tuple[int,
     region = bg[y0 + fy0:y0 + fy1, x0 + fx0:x0 + fx1]
     a = alpha[fy0:fy1, fx0:fx1]
     region[:] = a * ext[fy0:fy1, fx0:fx1] + (1.0 - a) * region
+    if sensor_noise > 0:
+        bg += rng.normal(0.0, sensor_noise, bg.shape).astype(np.float32)
     out = cv2.cvtColor(np.clip(np.rint(bg), 0, 255).astype(np.uint8), cv2.COLOR_GRAY2BGR)
     return out, np.array([x, y, x + side, y + side], np.float32)
 
@@ -113,7 +120,7 @@ class ThroughLoop:
             for _ in range(cfg.positions):
                 x = int(rng.integers(m, w - side - m + 1))
                 y = int(rng.integers(m, h - side - m + 1))
-                frame, box = paste(self.images[i], side, (x, y), (w, h), rng, cfg.noise)
+                frame, box = paste(self.images[i], side, (x, y), (w, h), rng, cfg.noise, cfg.sensor_noise)
                 yield k, frame, box
                 k += 1
 

@@ -47,6 +47,8 @@ def _batches(value: str) -> list[int]:
 @click.option("--through-detector", "through", is_flag=True,
               help="With --data: also score each face pasted into a frame, found by the detector and cropped as `run` crops it.")
 @click.option("--through-sizes", default="64,112,192", show_default=True, help="Pasted face sizes (px) for --through-detector.")
+@click.option("--through-noise", type=click.FloatRange(min=0, max=64), default=0.0, show_default=True,
+              help="Camera noise (gray levels, per pixel) over each pasted frame, face included, for --through-detector.")
 @click.option("--video", type=click.Path(), default=None, help="Also time the full detect -> classify loop on this file.")
 @click.option("--video-frames", type=click.IntRange(min=0), default=300, show_default=True, help="Frames of --video (0: all).")
 @click.option("--explain", is_flag=True, help="With --video: run the loop with CAM heatmaps and report their cost per frame.")
@@ -65,7 +67,7 @@ def _batches(value: str) -> list[int]:
               help="Exit 1 when an FP16 or INT8 row loses more than P top-1 points against FP32.")
 @click.pass_context
 def bench(ctx, model, arch, detector, targets, precisions, artifacts, data, data_usage, data_size, calib, calib_size,
-          calib_method, through, through_sizes, video, video_frames, explain, batch, threads, min_seconds, repeats, workdir, json_path, csv_path, plot_path, max_drop):
+          calib_method, through, through_sizes, through_noise, video, video_frames, explain, batch, threads, min_seconds, repeats, workdir, json_path, csv_path, plot_path, max_drop):
     """Measure latency, FPS and the accuracy lost to FP16/INT8 on every installed runtime.
 
     \b
@@ -101,7 +103,7 @@ def bench(ctx, model, arch, detector, targets, precisions, artifacts, data, data
         precisions=_csv_list(precisions, B.PRECISIONS, "--precisions"), artifacts=list(artifacts), data=data,
         data_usage=data_usage, data_size=data_size, calib=calib, calib_size=calib_size, calib_method=calib_method,
         arch=arch, video=video, video_frames=video_frames or None, explain=explain, batches=_batches(batch), threads=threads or None,
-        min_seconds=min_seconds, repeats=repeats, workdir=workdir, through_sizes=sizes,
+        min_seconds=min_seconds, repeats=repeats, workdir=workdir, through_sizes=sizes, through_noise=through_noise,
         progress=not quiet,  # a bar on a terminal, plain lines in a log (edgefer.progress)
     )
 
