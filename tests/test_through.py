@@ -123,10 +123,13 @@ def test_cli_through_detector(tmp_path):
     data = shared_file("data/fer2013/publictest.npz")
     out = tmp_path / "b.json"
     r = _cli("bench", "--data", str(data), "--data-size", "30", "--targets", "onnx", "--precisions", "fp32",
-             "--through-detector", "--through-sizes", "96", "--min-seconds", "0", "--repeats", "1", "--json", str(out))
+             "--through-detector", "--through-sizes", "96", "--through-noise", "4", "--min-seconds", "0", "--repeats", "1",
+             "--json", str(out))
     assert r.returncode == 0, r.stderr[-800:]
-    row = json.loads(out.read_text())["rows"][0]
+    doc = json.loads(out.read_text())
+    row = doc["rows"][0]
     assert set(row["through"]["sizes"]) == {"96"} and row["through"]["sizes"]["96"]["faces"] == 30
+    assert doc["settings"]["through_noise"] == 4.0
     assert "through the detector, onnx/fp32: 96 px:" in r.stdout
 
 
@@ -134,6 +137,7 @@ def test_cli_through_detector(tmp_path):
     (["--through-detector"], "pass --data too"),
     (["--through-detector", "--through-sizes", "16", "--data", "DATA"], "--through-sizes must be"),
     (["--through-detector", "--through-sizes", "a,b", "--data", "DATA"], "--through-sizes must be"),
+    (["--through-detector", "--through-noise", "-3", "--data", "DATA"], "--through-noise"),
 ])
 def test_cli_through_detector_bad_input(args, needle):
     data = str(shared_file("data/fer2013/publictest.npz"))
