@@ -46,7 +46,7 @@ def enlarged(images: np.ndarray, factor: int, noise: float, seed: int = 0) -> li
 
 
 def main(argv: list[str] | None = None) -> int:
-    import edgefer.align as align
+    from edgefer import align
     from edgefer.bench import accuracy, load_scoring
     from edgefer.bench.through import ThroughConfig, ThroughLoop, score_through
     from edgefer.classify import EmotionClassifier
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|" + "---|" * len(noises))
     for name, cells in res["dataset"].items():
         print(f"| `{name}` | " + " | ".join(f"{c['bilinear']:.1f} -> **{c['area']:.1f}**" for c in cells.values()) + " |")
-    print(f"\n2. through the loop, camera noise over the frame: top-1 bilinear -> box-averaged")
+    print("\n2. through the loop, camera noise over the frame: top-1 bilinear -> box-averaged")
     print("| model, camera noise | " + " | ".join(f"{s} px" for s in sizes) + " | mean |")
     print("|---|" + "---|" * (len(sizes) + 1))
     for name, cells in res["through"].items():

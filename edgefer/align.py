@@ -53,10 +53,10 @@ def prefilter(img: np.ndarray, m: np.ndarray, out_hw: tuple[int, int], gray: boo
     inv = cv2.invertAffineTransform(m)
     corners = np.array([[0, 0, 1], [ow, 0, 1], [0, oh, 1], [ow, oh, 1]], np.float64) @ inv.T
     fh, fw = img.shape[:2]
-    x0 = max(0, int(math.floor(corners[:, 0].min())) - k)
-    y0 = max(0, int(math.floor(corners[:, 1].min())) - k)
-    x1 = min(fw, int(math.ceil(corners[:, 0].max())) + k)
-    y1 = min(fh, int(math.ceil(corners[:, 1].max())) + k)
+    x0 = max(0, math.floor(corners[:, 0].min()) - k)
+    y0 = max(0, math.floor(corners[:, 1].min()) - k)
+    x1 = min(fw, math.ceil(corners[:, 0].max()) + k)
+    y1 = min(fh, math.ceil(corners[:, 1].max()) + k)
     nx, ny = (x1 - x0) // k, (y1 - y0) // k  # whole k x k blocks only
     if nx < 2 or ny < 2:
         return img, m

@@ -169,7 +169,7 @@ def test_prefiltered_crop_matches_the_plain_warp_on_smooth_content_even_at_the_e
     spec = InputSpec(size=[48, 48], color="gray")
     for box in ([500, 150, 800, 450], [1100, -120, 1400, 180], [-150, 500, 150, 800]):
         b = np.array([box], np.float32)
-        x1, y1, x2, y2 = box
+        x1, y1, x2, _ = box
         lm = np.array([[[x1 + 90, y1 + 120], [x2 - 90, y1 + 160], [0, 0], [0, 0], [0, 0]]], np.float32)
         m = face_affine(b[0], lm[0], (48, 48), 0.95, align=True)
         gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
