@@ -64,7 +64,10 @@ def prefilter(img: np.ndarray, m: np.ndarray, out_hw: tuple[int, int], gray: boo
     if gray and small.ndim == 3:
         small = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
     step = k
-    while step > 1:  # 2x2 averages, repeated: OpenCV's vectorised path, 2-3x faster than one k x k area resize
+    # 2x2 averages, repeated: OpenCV's vectorised path, 2-3x faster than one k x k area resize, and
+    # integer arithmetic ((a + b + c + d + 2) >> 2 on x86 and ARM alike), so crops stay the same
+    # pixels on every CPU
+    while step > 1:
         small = cv2.resize(small, (small.shape[1] // 2, small.shape[0] // 2), interpolation=cv2.INTER_AREA)
         step //= 2
     # small pixel (u, v) averages frame pixels x0 + k u .. x0 + k u + k - 1: its centre is

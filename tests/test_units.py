@@ -166,17 +166,17 @@ def test_prefiltered_crop_matches_the_plain_warp_on_smooth_content_even_at_the_e
     yy, xx = np.mgrid[0:720, 0:1280].astype(np.float32)
     frame = (128 + 60 * np.sin(xx / 90.0) * np.cos(yy / 70.0)).astype(np.uint8)
     frame = cv2.merge([frame, (255 - frame), frame // 2])
-    spec = InputSpec(size=[48, 48], color="gray")
-    for box in ([500, 150, 800, 450], [1100, -120, 1400, 180], [-150, 500, 150, 800]):
-        b = np.array([box], np.float32)
-        x1, y1, x2, _ = box
-        lm = np.array([[[x1 + 90, y1 + 120], [x2 - 90, y1 + 160], [0, 0], [0, 0], [0, 0]]], np.float32)
-        m = face_affine(b[0], lm[0], (48, 48), 0.95, align=True)
-        gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
-        plain = cv2.warpAffine(gray, m, (48, 48), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        crop = crop_faces(frame, b, lm, spec, raw=True)[0, :, :, 0]
-        diff = np.abs(crop.astype(int) - plain.astype(int))
-        assert diff.mean() < 1.0 and np.percentile(diff, 99) <= 4, (box, diff.mean(), diff.max())
+    for color, want in (("gray", cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)), ("rgb", cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))):
+        spec = InputSpec(size=[48, 48], color=color)  # gray: converted per crop; rgb: the converted frame
+        for box in ([500, 150, 800, 450], [1100, -120, 1400, 180], [-150, 500, 150, 800]):
+            b = np.array([box], np.float32)
+            x1, y1, x2, _ = box
+            lm = np.array([[[x1 + 90, y1 + 120], [x2 - 90, y1 + 160], [0, 0], [0, 0], [0, 0]]], np.float32)
+            m = face_affine(b[0], lm[0], (48, 48), 0.95, align=True)
+            plain = cv2.warpAffine(want, m, (48, 48), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            crop = crop_faces(frame, b, lm, spec, raw=True)[0]
+            diff = np.abs(crop.astype(int) - plain.reshape(crop.shape).astype(int))
+            assert diff.mean() < 1.0 and np.percentile(diff, 99) <= 4, (color, box, diff.mean(), diff.max())
 
 
 def test_dataset_faces_shrink_by_area_and_grow_bilinear():
