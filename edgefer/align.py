@@ -4,9 +4,9 @@ Each face is cut as a square of side ``scale * max(box w, box h)`` centred on it
 so that the eyes are level when landmarks are known (``align: "eyes"``), and resampled directly
 to the classifier's input size. One ``cv2.warpAffine`` per face does crop, rotation and resize
 at once, reading only the pixels it needs. A face 2x or more larger than the input is first
-box-averaged by a whole factor over the region the crop covers (:func:`prefilter`), so its texture
-and the camera's noise are averaged, not aliased. Faces near the border are padded by replicating edge pixels
-(FER2013-style crops have no black bars).
+box-averaged by a power of two over the region the crop covers (:func:`prefilter`), so its
+texture and the camera's noise are averaged, not aliased. Faces near the border are padded by
+replicating edge pixels (FER2013-style crops have no black bars).
 """
 
 from __future__ import annotations
