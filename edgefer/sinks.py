@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
+from .align import shrink
 from .errors import EdgeferError
 from .sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
@@ -280,7 +281,7 @@ def letterbox(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         return image
     s = min(w / iw, h / ih)
     nw, nh = max(1, round(iw * s)), max(1, round(ih * s))
-    resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+    resized = shrink(image, (nw, nh))
     out = np.zeros((h, w, 3), np.uint8)
     x0, y0 = (w - nw) // 2, (h - nh) // 2
     out[y0:y0 + nh, x0:x0 + nw] = resized if resized.ndim == 3 else cv2.cvtColor(resized, cv2.COLOR_GRAY2BGR)
