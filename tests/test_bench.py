@@ -227,6 +227,44 @@ def test_bad_input_one_line_exit_2(args, message):
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in r.stderr
 
 
+def test_clear_expressions_benchmark(tmp_path):
+    """benchmarks/clear_expressions.py: faces kept by annotator agreement on one of six emotions, and
+    the 6-way reading (argmax without neutral) never scores below the 7-way one on the same faces."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "benchmarks"))
+    try:
+        import clear_expressions as C
+    finally:
+        sys.path.pop(0)
+    cols = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt", "unknown", "NF"]
+    votes = np.array([[5, 5, 0, 0, 0, 0, 0, 0, 0, 0],   # 5 happy: kept at 5, not at 6
+                      [6, 0, 0, 0, 0, 0, 4, 0, 0, 0],   # neutral's majority: never kept
+                      [0, 0, 0, 0, 0, 3, 0, 7, 0, 0],   # contempt is not one of the six
+                      [0, 0, 0, 0, 0, 0, 9, 0, 1, 0]])  # fear
+    rows, names = C.clear_rows(votes, cols, 5)
+    assert rows.tolist() == [0, 3] and names.tolist() == ["happy", "fear"]
+    assert C.clear_rows(votes, cols, 6)[0].tolist() == [3]
+    probs = np.array([[0.1, 0.0, 0.0, 0.3, 0.0, 0.0, 0.6], [0.0, 0.0, 0.3, 0.0, 0.0, 0.0, 0.7]])  # neutral first
+    six, seven = (C.score(probs, FER2013, np.array(["happy", "fear"]), w) for w in (True, False))
+    assert six["hits"].tolist() == [True, True] and seven["hits"].tolist() == [False, False]
+
+    data = shared_file("data/fer2013/publictest.npz")
+    out = tmp_path / "c.json"
+    run = subprocess.run([sys.executable, "benchmarks/clear_expressions.py", "--models", "edgenet3", "--data", str(data),
+                          "--agree", "8", "--out", str(out)], cwd=root, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    res = json.loads(out.read_text())
+    z = np.load(data)
+    assert res["faces"] == len(C.clear_rows(z["ferplus_votes"], [str(c) for c in z["ferplus_columns"]], 8)[0]) > 500
+    for m in ("edgenet3", "mini-xception"):  # the baseline is always scored
+        assert res["models"][m]["6-way"]["top1"] >= res["models"][m]["7-way"]["top1"] > 50
+    bad = subprocess.run([sys.executable, "benchmarks/clear_expressions.py", "--agree", "11"], cwd=root,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--agree 11" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_robustness_benchmark(tmp_path):
     """benchmarks/robustness.py: identity shifts leave faces alone, the 6-emotion balanced accuracy
     is the mean recall with neutral left out (argmax over the six), and a real run on PublicTest
