@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 
@@ -54,6 +55,22 @@ def test_views_are_the_same_faces_cropped_otherwise(faces, made):
     assert made["meta"]["crop"] == {"scale": 0.95, "align": "eyes"} and made["meta"]["data_sha256"].startswith("sha256:")
     again = make_views(str(faces), (48, 48), "gray", per_face=2, limit=10, quiet=True)
     assert np.array_equal(again["views"], v[:10])  # seeded: the same file gives the same views
+
+
+def test_sensor_noise_views_carry_the_cameras_noise(faces, made):
+    noisy = make_views(str(faces), (48, 48), "gray", per_face=2, limit=40, quiet=True, sensor_noise=12.0)
+    assert noisy["meta"]["sensor_noise"] == 12.0 and made["meta"]["sensor_noise"] == 0.0
+    assert (noisy["noise"] >= 0).all() and (noisy["noise"] <= 12).all() and noisy["noise"].std() > 1
+    assert (made["noise"] == 0).all()
+
+    def rough(v, f):  # mean absolute Laplacian of the found views: the noise left after the crop's shrink
+        return float(np.mean([np.abs(cv2.Laplacian(v[i, j, :, :, 0].astype(np.float32), cv2.CV_32F)).mean()
+                              for i, j in zip(*np.nonzero(f))]))
+
+    assert noisy["found"].mean() >= 0.7
+    assert rough(noisy["views"], noisy["found"]) > 1.15 * rough(made["views"], made["found"])
+    with pytest.raises(EdgeferError, match="--sensor-noise"):
+        make_views(str(faces), (48, 48), "gray", limit=2, quiet=True, sensor_noise=-1.0)
 
 
 def test_views_file_is_checked_against_data_and_model(tmp_path, faces, made):

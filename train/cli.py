@@ -257,10 +257,13 @@ def adjust_cmd(ckpt, out, tau, threads):
 @click.option("--arch", required=True, help="Architecture whose input size and colour the crops take.")
 @click.option("--per-face", type=int, default=2, show_default=True, help="Views per face.")
 @click.option("--sides", default="48-144", show_default=True, help="Pasted face side range in pixels (MIN-MAX).")
+@click.option("--sensor-noise", type=float, default=0.0, show_default=True,
+              help="Camera noise over each whole frame before the crop: per view, a Gaussian std drawn "
+                   "uniformly from 0 to this (gray levels).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--limit", type=int, default=None, help="Only the first N faces (smoke runs).")
 @click.option("-o", "--out", required=True, type=click.Path(), help="Output .npz.")
-def views_cmd(data, arch, per_face, sides, seed, limit, out):
+def views_cmd(data, arch, per_face, sides, sensor_noise, seed, limit, out):
     """Crop every training face the way the runtime would: pasted into a frame, found by the bundled
     detector, cut by the default crop rule (train/views.py). Train on them with --views."""
     from .engine import arch_spec
@@ -275,7 +278,7 @@ def views_cmd(data, arch, per_face, sides, seed, limit, out):
         raise EdgeferError("--out must not overwrite --data")
     spec = arch_spec(arch)
     made = make_views(data, tuple(spec["size"]), spec["color"], per_face=per_face, sides=(lo, hi), seed=seed,
-                      limit=limit)
+                      limit=limit, sensor_noise=sensor_noise)
     save_views(out, made)
     m = made["meta"]
     click.echo(f"{out}: {m['count']} faces x {m['per_face']} views, detector found {m['found_pct']}% "

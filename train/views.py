@@ -37,8 +37,14 @@ FORMAT = "edgefer-train-views/1"
 
 def make_views(data: str, size: tuple[int, int], color: str, per_face: int = 2, sides: tuple[int, int] = (48, 144),
                frame: tuple[int, int] = (320, 240), seed: int = 0, detector: Any = None, limit: int | None = None,
-               quiet: bool = False) -> dict[str, Any]:
-    """Views of every face in ``data`` (see the module doc); returns the arrays and the meta record."""
+               quiet: bool = False, sensor_noise: float = 0.0) -> dict[str, Any]:
+    """Views of every face in ``data`` (see the module doc); returns the arrays and the meta record.
+
+    ``sensor_noise`` > 0: each view's frame gets camera noise (:func:`paste`'s ``sensor_noise``) of a
+    std drawn uniformly from [0, sensor_noise], so big faces reach the crop as a camera delivers
+    them and are shrunk by the runtime's own crop, noise included. 0 keeps the random stream, and so
+    the views, of files made before the option existed.
+    """
     from edgefer.align import DEFAULT_CROP, crop_faces
     from edgefer.artifact import InputSpec
     from edgefer.bench.through import find_pasted, paste
@@ -53,6 +59,8 @@ def make_views(data: str, size: tuple[int, int], color: str, per_face: int = 2, 
         raise EdgeferError(f"face sides {lo}-{hi} px do not fit a {w}x{h} frame with their margin")
     if per_face < 1:
         raise EdgeferError("--per-face must be >= 1")
+    if not 0.0 <= sensor_noise <= 64.0:
+        raise EdgeferError(f"--sensor-noise {sensor_noise:g}: expected 0 to 64 gray levels")
     ds = load_raw(data)
     n = min(len(ds), limit) if limit else len(ds)
     det = detector if detector is not None else FaceDetector(threads=1)
@@ -60,6 +68,7 @@ def make_views(data: str, size: tuple[int, int], color: str, per_face: int = 2, 
     views = np.zeros((n, per_face, spec.size[0], spec.size[1], spec.channels), np.uint8)
     found = np.zeros((n, per_face), bool)
     used_sides = np.zeros((n, per_face), np.int16)
+    used_noise = np.zeros((n, per_face), np.float32)
     rng = np.random.default_rng([seed, 20261129])
     t0 = time.time()
     bar = progress(range(n), desc="views", unit="face", disable=quiet)
@@ -69,9 +78,11 @@ def make_views(data: str, size: tuple[int, int], color: str, per_face: int = 2, 
             m = side // 4
             x = int(rng.integers(m, w - side - m + 1))
             y = int(rng.integers(m, h - side - m + 1))
-            img, box = paste(ds.images[i], side, (x, y), (w, h), rng, 6.0)
+            std = float(rng.uniform(0.0, sensor_noise)) if sensor_noise > 0 else 0.0
+            img, box = paste(ds.images[i], side, (x, y), (w, h), rng, 6.0, std)
             hit = find_pasted(det, img, box)
             used_sides[i, v] = side
+            used_noise[i, v] = std
             if hit is None:
                 continue
             found[i, v] = True
@@ -81,16 +92,18 @@ def make_views(data: str, size: tuple[int, int], color: str, per_face: int = 2, 
         "format": FORMAT, "data": str(data), "data_sha256": ds.provenance.get("sha256"), "count": int(n),
         "per_face": int(per_face), "input": {"size": spec.size, "color": color}, "crop": dict(DEFAULT_CROP),
         "detector": det.backend.artifact.describe(), "sides": [int(lo), int(hi)], "frame": [int(w), int(h)],
-        "seed": int(seed), "found_pct": round(100.0 * float(found.mean()), 2), "seconds": round(time.time() - t0, 1),
+        "sensor_noise": float(sensor_noise), "seed": int(seed), "found_pct": round(100.0 * float(found.mean()), 2),
+        "seconds": round(time.time() - t0, 1),
     }
-    return {"views": views, "found": found, "rows": ds.rows[:n].copy(), "sides": used_sides, "meta": meta}
+    return {"views": views, "found": found, "rows": ds.rows[:n].copy(), "sides": used_sides, "noise": used_noise,
+            "meta": meta}
 
 
 def save_views(out: str | os.PathLike, made: dict[str, Any]) -> Path:
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp.npz")
     np.savez_compressed(tmp, views=made["views"], found=made["found"], rows=made["rows"], sides=made["sides"],
-                        meta=np.array(json.dumps(made["meta"])))
+                        noise=made["noise"], meta=np.array(json.dumps(made["meta"])))
     os.replace(tmp, out)
     return out
 
