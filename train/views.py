@@ -42,8 +42,8 @@ def make_views(data: str, size: tuple[int, int], color: str, per_face: int = 2, 
 
     ``sensor_noise`` > 0: each view's frame gets camera noise (:func:`paste`'s ``sensor_noise``) of a
     std drawn uniformly from [0, sensor_noise], so big faces reach the crop as a camera delivers
-    them and are shrunk by the runtime's own crop, noise included. 0 keeps the random stream, and so
-    the views, of files made before the option existed.
+    them and are shrunk by the runtime's own crop, noise included. 0 draws nothing more, so the
+    frames are those of files made before the option existed.
     """
     from edgefer.align import DEFAULT_CROP, crop_faces
     from edgefer.artifact import InputSpec
