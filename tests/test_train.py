@@ -252,6 +252,45 @@ def test_cli_errors_are_one_line(tmp_path, small_sets, capsys):
     assert "--resume" in capsys.readouterr().err
 
 
+def test_device_is_resolved_and_a_missing_gpu_is_one_line(tmp_path, small_sets, capsys):
+    from edgefer.cli import main
+    from edgefer.train.engine import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    for bad in ("gpu", "cuda:x", "tpu"):
+        with pytest.raises(EdgeferError, match="expected auto, cpu, cuda or cuda:N"):
+            resolve_device(bad)
+    if torch.cuda.is_available():
+        with pytest.raises(EdgeferError, match="CUDA device"):
+            resolve_device(f"cuda:{torch.cuda.device_count()}")
+        return
+    tr, _ = small_sets
+    out = tmp_path / "run"
+    assert main(["train", "--arch", "edgenet", "--data", str(tr), "--device", "cuda", "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--device cuda: torch sees no CUDA device" in err[0] and not out.exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the device machine)")
+def test_training_on_cuda_matches_the_cpu_run(tmp_path, small_sets):
+    """The same run on the GPU and on the CPU: the same batches (augmentation stays on the CPU), so the
+    first epoch's loss agrees closely; the checkpoint is CPU tensors and loads without map_location."""
+    from edgefer.train.checkpoint import read_sidecar
+
+    tr, va = small_sets
+    base = dict(arch="edgenet", data=str(tr), val=str(va), epochs=2, batch=64, limit=256, threads=2, quiet=True,
+                teacher=None, ema=True, swa_start=2)
+    cpu = train(TrainConfig(**base, device="cpu", out=str(tmp_path / "cpu")))
+    gpu = train(TrainConfig(**base, device="cuda", out=str(tmp_path / "gpu")))
+    a, b = cpu["history"][0]["train_loss"], gpu["history"][0]["train_loss"]
+    assert abs(a - b) < 0.02 * a, (a, b)
+    assert gpu["machine"]["device"].startswith("cuda:0")
+    sd = torch.load(str(tmp_path / "gpu" / "best.pth"), weights_only=True)
+    assert all(v.device.type == "cpu" for v in sd.values())
+    assert read_sidecar(tmp_path / "gpu" / "best.pth")["arch"] == "edgenet"
+
+
 def test_init_starts_from_given_weights(tmp_path, small_sets, capsys):
     import torch
     from edgefer.train import zoo

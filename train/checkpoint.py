@@ -84,7 +84,8 @@ def save_state_dict(model, path: str | os.PathLike) -> Path:
 
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, tmp)
+    # on the CPU whatever device trained it: the file loads on CPU-only machines without map_location
+    torch.save({k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}, tmp)
     os.replace(tmp, path)
     return path
 

@@ -112,6 +112,9 @@ def _apply_preset(ctx: click.Context, values: dict) -> dict:
 @click.option("--swa-lr", type=float, default=None, help="Constant learning rate during SWA (default: keep the schedule).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=None, help="Torch CPU threads (default min(4, cores)).")
+@click.option("--device", default="auto", show_default=True,
+              help="Where the network trains: auto (a CUDA GPU when torch sees one, else the CPU), cpu, cuda or "
+                   "cuda:N. Augmentation stays on the CPU threads.")
 @click.option("--limit", type=int, default=None, help="Use only the first N training images (smoke runs).")
 @click.option("--resume", "resume", type=click.Path(), default=None, help="Continue from DIR/last.pt (or DIR).")
 @click.option("--init", "init", type=click.Path(), default=None,
@@ -137,7 +140,7 @@ def _apply_preset(ctx: click.Context, values: dict) -> dict:
 def train(ctx, arch, data, val, val_split, split_seed, report, epochs, batch, lr, opt, weight_decay, label_smoothing,
           mixup, cutmix, mix_prob, ema, ema_decay, warmup, balanced, soft_labels, soft_classes, soft_mix, loss, focal_gamma,
           class_weights, cb_beta, aug, erase, rotate, scale, translate, jitter, downscale, blur, gamma, noise, jpeg,
-          swa_start, swa_lr, seed, threads, limit, resume, init, tta, teacher, teacher_input, distill, distill_temp, views, view_prob, out):
+          swa_start, swa_lr, seed, threads, device, limit, resume, init, tta, teacher, teacher_input, distill, distill_temp, views, view_prob, out):
     """Train a zoo architecture; checkpoints export with `edgefer export` and no --arch.
 
     `edgefer train report CKPT --data X` scores a checkpoint on labelled sets."""
@@ -149,13 +152,16 @@ def train(ctx, arch, data, val, val_split, split_seed, report, epochs, batch, lr
     quiet = bool((ctx.obj or {}).get("quiet"))
     command = "edgefer " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else None
     if resume:
-        cfg = TrainConfig(arch=arch or "", data=data or "", epochs=epochs or 0, threads=threads, quiet=quiet)
+        cfg = TrainConfig(arch=arch or "", data=data or "", epochs=epochs or 0, threads=threads, device=device, quiet=quiet)
         run(cfg, resume=resume)
         return
     if not arch or not data:
         raise EdgeferError("edgefer train needs --arch and --data (or --resume DIR)")
     if arch not in _arch_names():
         raise EdgeferError(f"unknown architecture {arch!r}; known: {', '.join(_arch_names())}")
+    from .engine import resolve_device
+
+    resolve_device(device)  # a GPU this machine lacks is refused before the run folder exists
     for name, v in (("--batch", batch), ("--epochs", epochs if epochs is not None else 1)):
         if v < 1:
             raise EdgeferError(f"{name} must be >= 1")
@@ -191,7 +197,7 @@ def train(ctx, arch, data, val, val_split, split_seed, report, epochs, batch, lr
         arch=arch, data=data, val=val, out=out, epochs=epochs or TrainConfig.epochs, batch=batch, lr=lr, opt=opt,
         weight_decay=weight_decay, warmup=warmup, label_smoothing=label_smoothing, mixup=mixup, cutmix=cutmix,
         mix_prob=mix_prob, ema=ema, ema_decay=ema_decay, balanced=balanced, soft_labels=soft_labels, seed=seed,
-        erase=erase, rotate=rotate, threads=threads, limit=limit, quiet=quiet, command=command, init=init, tta=tta,
+        erase=erase, rotate=rotate, threads=threads, device=device, limit=limit, quiet=quiet, command=command, init=init, tta=tta,
         teacher=(teacher[0] if len(teacher) == 1 else list(teacher)) if teacher else None, distill=distill,
         teacher_input=teacher_input, distill_temp=distill_temp, val_split=val_split, split_seed=split_seed, report=list(report),
         soft_classes=soft_classes, soft_mix=soft_mix, loss=loss, focal_gamma=focal_gamma, class_weights=class_weights, cb_beta=cb_beta,

@@ -110,6 +110,10 @@ class TrainConfig:
     swa_lr: float | None = None  # constant lr from swa_start on (None: keep the schedule)
     swa_bn_images: int = 4096  # training images (clean) the averaged weights' BatchNorm statistics are recomputed on
     threads: int | None = None
+    # where the network runs: "auto" (CUDA when torch sees one, else the CPU) | "cpu" | "cuda" | "cuda:N".
+    # Augmentation, views and mixing stay on the CPU (the same random stream on every device); each
+    # finished batch moves to the device.
+    device: str = "auto"
     limit: int | None = None  # use only the first N training images (tests, smoke runs)
     steps_per_epoch: int | None = None  # cap (tests, smoke runs)
     eval_batch: int = 512
@@ -156,6 +160,32 @@ AUG_PRESETS: dict[str, dict[str, float]] = {
 
 
 # ----------------------------------------------------------------------------- helpers
+def resolve_device(name: str | None):
+    """The torch device ``--device`` names; a CUDA device this machine lacks is one line, not a traceback."""
+    import torch
+
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise EdgeferError(f"--device {name}: torch sees no CUDA device here (this torch {torch.__version__}"
+                               f"{' is a CPU build' if torch.version.cuda is None else ''}); use --device cpu")
+        idx = int(name[5:]) if ":" in name else 0
+        if idx >= torch.cuda.device_count():
+            raise EdgeferError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        return torch.device("cuda", idx)
+    raise EdgeferError(f"--device {name}: expected auto, cpu, cuda or cuda:N")
+
+
+def describe_device(dev) -> str:
+    import torch
+
+    return f"cuda:{dev.index or 0} ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else "cpu"
+
+
 def arch_spec(arch: str) -> dict[str, Any]:
     """Input size, colour, normalisation and classes an architecture module declares."""
     import importlib
@@ -468,23 +498,24 @@ def evaluate(model, x_u8, labels: np.ndarray, soft: np.ndarray | None, mean, std
     import torch.nn.functional as F
 
     model.eval()
+    dev = next(model.parameters()).device
     k = None
     losses = []
     preds = []
     with torch.no_grad():
         for i in range(0, len(x_u8), batch):
-            xb = ((x_u8[i : i + batch].float() - mean) / std).contiguous(memory_format=torch.channels_last)
+            xb = ((x_u8[i : i + batch].float() - mean) / std).contiguous(memory_format=torch.channels_last).to(dev)
             logits = model(xb)
             if tta == "flip":
                 logits = torch.log((F.softmax(logits, 1) + F.softmax(model(torch.flip(xb, [3])), 1)) / 2)
             k = logits.shape[1]
             logp = F.log_softmax(logits, 1)
             if soft is not None:
-                t = torch.from_numpy(soft[i : i + batch])
+                t = torch.from_numpy(soft[i : i + batch]).to(dev)
                 losses.append(F.kl_div(logp, t, reduction="sum").item())
             else:
-                losses.append(F.nll_loss(logp, torch.from_numpy(labels[i : i + batch]), reduction="sum").item())
-            preds.append(logits.argmax(1).numpy())
+                losses.append(F.nll_loss(logp, torch.from_numpy(labels[i : i + batch]).to(dev), reduction="sum").item())
+            preds.append(logits.argmax(1).cpu().numpy())
     pred = np.concatenate(preds) if preds else np.zeros(0, np.int64)
     k = k or 1
     cm = np.zeros((k, k), np.int64)
@@ -741,10 +772,11 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> dict[str
         if not isinstance(state, dict) or "config" not in state:
             raise EdgeferError(f"--resume {rp}: not a training state written by edgefer train (use last.pt)")
         saved = TrainConfig.from_dict(state["config"])
-        # what may change on resume: the length of the run, the output folder, threads, verbosity
+        # what may change on resume: the length of the run, the output folder, threads, device, verbosity
         saved.epochs = cfg.epochs or saved.epochs
         saved.out = str(rp.parent)
         saved.threads = cfg.threads or saved.threads
+        saved.device = cfg.device
         saved.quiet = cfg.quiet
         cfg = saved
 
@@ -753,6 +785,9 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> dict[str
     out.mkdir(parents=True, exist_ok=True)
     threads = cfg.threads or min(4, os.cpu_count() or 1)
     torch.set_num_threads(threads)
+    dev = resolve_device(cfg.device)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels once
     logf = open(out / "log.txt", "a")
 
     def say(msg: str) -> None:
@@ -779,6 +814,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> dict[str
         del loaded, v_np
         say(f"views: {cfg.views}: {int(f_views.any(1).sum())} of {len(train_ds)} training faces have runtime views "
             f"({f_views.shape[1]} each, detector found {100 * f_views.mean():.1f}%); a share {cfg.view_prob:g} of samples uses one")
+    say(f"device: {describe_device(dev)}, {threads} CPU threads for data and augmentation")
     say(f"data: {len(train_ds)} train ({train_ds.provenance.get('kind')}), {len(val_ds)} val, classes {', '.join(classes)}"
         f" [{time.time() - t0:.1f}s]")
     if selected_on["kind"] == "carved":
@@ -792,7 +828,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> dict[str
 
     build_kw = {"num_classes": k, **(cfg.build or {})}
     _set_seed(cfg.seed, -1)
-    model = zoo.build(cfg.arch, **build_kw).to(memory_format=torch.channels_last)
+    model = zoo.build(cfg.arch, **build_kw).to(dev, memory_format=torch.channels_last)
     from .checkpoint import read_sidecar
 
     def leak(flag: str, path: str) -> None:
@@ -824,7 +860,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> dict[str
         # with --soft-labels the label term is the soft targets; a teacher must share the run's classes
         for tp in cfg.teachers():
             tm, tta_, _ = load_teacher(tp, cfg, spec, classes)
-            teachers.append((tm.to(memory_format=torch.channels_last), tta_))
+            teachers.append((tm.to(dev, memory_format=torch.channels_last), tta_))
             leak("--teacher", tp)
     if cfg.teacher_input not in ("same", "clean"):
         raise EdgeferError(f"--teacher-input is same or clean, not {cfg.teacher_input!r}")
@@ -883,7 +919,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> dict[str
 
     counts = np.bincount(train_ds.labels, minlength=k)
     cw_np = class_weight_vector(counts, cfg.class_weights, cfg.cb_beta)
-    cw = None if cw_np is None else torch.from_numpy(cw_np).float()
+    cw = None if cw_np is None else torch.from_numpy(cw_np).float().to(dev)
     if cw_np is not None:
         say(f"class weights ({cfg.class_weights}): " + ", ".join(f"{c} {w:.2f}" for c, w in zip(classes, cw_np)))
     swa_bn = None
@@ -908,7 +944,8 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> dict[str
             "classes": classes, "best": best, "history": history,
             "data": {"train": provenance(train_ds), "val": provenance(val_ds)}, "selected_on": selected_on,
             "config": asdict(cfg), "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                                               "threads": threads, "cpu": platform.processor() or platform.machine()},
+                                               "threads": threads, "cpu": platform.processor() or platform.machine(),
+                                               "device": describe_device(dev)},
         }
 
     def write_json(path: Path, doc: dict) -> None:
@@ -941,9 +978,11 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> dict[str
                 x, xt = augment(xb.float(), cfg, keep_clean=True)
                 x, xt = (((v - mean) / std).contiguous(memory_format=torch.channels_last) for v in (x, xt))
                 x, t, xt = mix_batch(x, t, cfg, rng, twin=xt)
+                x, t, xt = (v.to(dev, non_blocking=True) for v in (x, t, xt))
             else:
                 x = ((augment(xb.float(), cfg) - mean) / std).contiguous(memory_format=torch.channels_last)
                 x, t = mix_batch(x, t, cfg, rng)
+                x, t = x.to(dev, non_blocking=True), t.to(dev, non_blocking=True)
                 xt = x
             in_swa = swa is not None and cfg.swa_lr is not None and epoch + 1 >= cfg.swa_start
             for g in opt.param_groups:
@@ -983,7 +1022,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None) -> dict[str
             from torch.optim.swa_utils import update_bn
 
             swa.update_parameters(model)
-            update_bn(swa_bn, swa)  # BatchNorm statistics of the averaged weights, on clean training faces
+            update_bn(swa_bn, swa, device=dev)  # BatchNorm statistics of the averaged weights, on clean training faces
             sm = evaluate(swa.module, x_val, val_ds.labels, val_ds.soft, mean, std, cfg.eval_batch, cfg.tta)
             rec.update(swa_val_top1=sm["top1"], swa_val_macro_f1=sm["macro_f1"], swa_models=int(swa.n_averaged))
             if sm["top1"] > vm["top1"]:  # the averaged weights compete with this epoch's for best
