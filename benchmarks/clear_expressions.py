@@ -68,6 +68,7 @@ def paired(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> int:
     from edgefer.classify import EmotionClassifier
+    from edgefer.errors import EdgeferError
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(REPO.parent / "shared/data/fer2013/publictest.npz"))
@@ -90,7 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     models = list(dict.fromkeys([*a.models, BASELINE]))
     res: dict = {"data": a.data, "agree": a.agree, "faces": int(len(rows)), "per_class": counts, "models": {}}
     for m in models:
-        clf = EmotionClassifier(m, backend="onnxruntime", threads=2)
+        try:
+            clf = EmotionClassifier(m, backend="onnxruntime", threads=2)
+        except EdgeferError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         probs = clf.predict_images(images[rows])
         res["models"][m] = {k: score(probs, list(clf.classes), names, k == "6-way") for k in ("6-way", "7-way")}
     lines = ["| model | reading | top-1 | vs mini-XCEPTION | balanced | " + " | ".join(SIX) + " |",

@@ -263,6 +263,9 @@ def test_clear_expressions_benchmark(tmp_path):
     bad = subprocess.run([sys.executable, "benchmarks/clear_expressions.py", "--agree", "11"], cwd=root,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--agree 11" in bad.stderr and "Traceback" not in bad.stderr
+    bad = subprocess.run([sys.executable, "benchmarks/clear_expressions.py", "--models", str(tmp_path)], cwd=root,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "not an edgefer artifact" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_robustness_benchmark(tmp_path):
