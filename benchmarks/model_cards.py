@@ -37,9 +37,11 @@ ASSET = {"edgenet3": "edgenet3", "edgenet3-fast": "edgenet3_fast", "edgenet2": "
          "edgenet": "edgenet", "edgenet-fast": "edgenet_fast", "mini-xception": "mini_xception"}
 REPRODUCE = {
     "edgenet3": ("edgenet2's weights, then the command.txt of train/runs/edgenet-carved-r6-distill-mix, "
-                 "-r7-distill-mix and -r9-camera-mild; edgefer train adjust "
-                 "train/runs/edgenet-carved-r9-camera-mild/best.pth -o train/runs/edgenet-carved-r9-camera-mild/adjusted.pth; "
-                 "python benchmarks/bundle_classifier.py train/runs/edgenet-carved-r9-camera-mild/adjusted.pth --stem edgenet3"),
+                 "-r7-distill-mix, -r9-camera-mild and -r11-noisy-views (its views: edgefer train views --data train.npz "
+                 "--arch edgenet --per-face 2 --sensor-noise 10 --seed 11 -o ../views/edgenet-views-noise10.npz); "
+                 "edgefer train adjust train/runs/edgenet-carved-r11-noisy-views/best.pth "
+                 "-o train/runs/edgenet-carved-r11-noisy-views/adjusted.pth; "
+                 "python benchmarks/bundle_classifier.py train/runs/edgenet-carved-r11-noisy-views/adjusted.pth --stem edgenet3"),
     "edgenet3-fast": "the weights of edgenet3 in one pass (python benchmarks/bundle_classifier.py ...)",
     "edgenet2": ("train/runs/edgenet-carved-r2/command.txt, then train/runs/edgenet-carved-r3-views/command.txt (the views) "
                  "and train/runs/edgenet-carved-r3-views-mix/command.txt; python benchmarks/bundle_classifier.py "

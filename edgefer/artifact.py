@@ -118,8 +118,8 @@ BUNDLED = {
     "edgenet2-fast": "edgenet2_fast.json",
     # the default: edgenet2's weights distilled from an ensemble of carve-selected students beside
     # FERPlus votes (train/runs/edgenet-carved-r6-distill-mix, -r7-distill-mix), then camera noise,
-    # blur and JPEG (-r9-camera-mild), with the logit adjustment chosen on the same carve folded into
-    # its output layer (rare-class recall)
+    # blur and JPEG (-r9-camera-mild), then runtime views cut from noisy frames (-r11-noisy-views),
+    # with the logit adjustment chosen on the same carve folded into its output layer (rare-class recall)
     "edgenet3": "edgenet3.json",
     "edgenet3-cam": "edgenet3_cam.json",
     "edgenet3-fast": "edgenet3_fast.json",
