@@ -16,8 +16,8 @@ Two readings, as an evaluator of a 6-class posed set might score:
 
 Each with top-1, balanced accuracy (mean per-class recall, since posed sets are near balanced) and
 per-class recall, and every model's paired difference from mini-XCEPTION with its standard error.
-No model was trained or selected on PublicTest (the stage-4 ``edgenet`` was selected on it: see
-its card), so this is a report, not a selection signal.
+No model was trained on PublicTest; the stage-4 ``edgenet`` was selected on it (see its card), so
+its row is optimistic. This is a report, never a selection signal.
 
     python benchmarks/clear_expressions.py [--agree 5] [--models edgenet3 edgenet2 edgenet mini-xception]
 
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rows, names = clear_rows(votes, cols, a.agree)
     counts = {c: int((names == c).sum()) for c in SIX}
-    print(f"{len(rows)} PublicTest faces with >= {a.agree}/10 annotators on one emotion: {counts}", file=sys.stderr)
+    print(f"{len(rows)} faces with >= {a.agree}/10 annotators on one emotion: {counts}", file=sys.stderr)
     models = list(dict.fromkeys([*a.models, BASELINE]))
     res: dict = {"data": a.data, "agree": a.agree, "faces": int(len(rows)), "per_class": counts, "models": {}}
     for m in models:
