@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with np.load(a.data, allow_pickle=False) as z:
             images, votes, cols = z["images"], z["ferplus_votes"], [str(c) for c in z["ferplus_columns"]]
-    except (OSError, KeyError, ValueError) as e:
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
         print(f"error: {a.data}: needs images and FERPlus votes ({str(e).splitlines()[0][:100]})", file=sys.stderr)
         return 2
     rows, names = clear_rows(votes, cols, a.agree)

@@ -266,6 +266,13 @@ def test_clear_expressions_benchmark(tmp_path):
     bad = subprocess.run([sys.executable, "benchmarks/clear_expressions.py", "--models", str(tmp_path)], cwd=root,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "not an edgefer artifact" in bad.stderr and "Traceback" not in bad.stderr
+    novotes = tmp_path / "novotes.npz"
+    np.savez(novotes, images=z["images"][:10], labels=z["labels"][:10])
+    (tmp_path / "cut.npz").write_bytes(novotes.read_bytes()[:200])  # a truncated archive
+    for d in (novotes, tmp_path / "missing.npz", tmp_path / "cut.npz"):
+        bad = subprocess.run([sys.executable, "benchmarks/clear_expressions.py", "--data", str(d)], cwd=root,
+                             capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2 and "needs images and FERPlus votes" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_robustness_benchmark(tmp_path):
